@@ -1,0 +1,3 @@
+from medcli.cli import main
+
+main()

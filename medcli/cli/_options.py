@@ -1,0 +1,34 @@
+"""Options shared by several commands (one definition each)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+DataArg = typer.Argument(..., help="Dataset: a folder (class folders, or train/val/test folders), a .csv manifest or a .npz file.", show_default=False)
+Layout = typer.Option("auto", "--layout", help="auto, imagefolder, presplit, csv or npz.")
+Alias = typer.Option(None, "--alias", help="Rename a class: RAW=CLASS (repeatable). Applied before automatic matching.")
+NearThreshold = typer.Option(None, "--near-threshold", help="Max perceptual-hash distance (of 64 bits) for near-duplicates [default: 4].")
+CacheDir = typer.Option(None, "--cache-dir", help="Where decoded-image caches live [default: $MEDCLI_CACHE or ~/.cache/medcli].")
+Workers = typer.Option(None, "--workers", help="Decoding processes [default: the CPUs available].")
+SkipBad = typer.Option(False, "--skip-bad", help="Leave unreadable image files out (and say how many) instead of stopping.")
+
+
+def setup(verbose: bool = False) -> None:
+    from ..progress import setup_logging
+
+    setup_logging(verbose)
+
+
+def near_threshold(value: Optional[int]) -> int:
+    from ..data.duplicates import DEFAULT_NEAR_THRESHOLD
+
+    return DEFAULT_NEAR_THRESHOLD if value is None else value
+
+
+def aliases(items: Optional[list[str]]) -> dict[str, str]:
+    from ..data.classes import parse_aliases
+
+    return parse_aliases(items)
+

@@ -1,0 +1,158 @@
+"""Find exact and near-duplicate images, and the label conflicts among them.
+
+Exact duplicates share their decoded pixels (not merely their bytes: the same picture saved as PNG and as
+RGBA counts). Near-duplicates have perceptual hashes within a Hamming distance ``threshold`` (resized,
+re-encoded or slightly edited copies, and adjacent slices of one scan).
+
+The near-duplicate search is sub-quadratic: multi-index hashing splits each 64-bit hash into ``threshold + 1``
+bands; by the pigeonhole principle two hashes within distance ``threshold`` agree exactly on at least one band,
+so only images sharing a band value are compared (vectorised, in bounded blocks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DEFAULT_NEAR_THRESHOLD = 4
+_BLOCK = 2048
+
+
+@dataclass
+class DuplicateGroup:
+    kind: str  # "exact" or "near"
+    ids: list[str]
+    labels: list[str]
+
+    @property
+    def conflicting(self) -> bool:
+        return len(set(self.labels)) > 1
+
+    def to_json(self, splits: dict[str, str | None] | None = None) -> dict:
+        out: dict = {"kind": self.kind, "size": len(self.ids), "labels": sorted(set(self.labels)), "ids": self.ids}
+        if splits is not None:
+            out["splits"] = sorted({str(splits[i]) for i in self.ids})
+        return out
+
+
+@dataclass
+class DuplicateReport:
+    threshold: int
+    exact: list[DuplicateGroup] = field(default_factory=list)
+    near: list[DuplicateGroup] = field(default_factory=list)
+    clusters: dict[str, int] = field(default_factory=dict)  # id -> cluster number (exact and near merged)
+
+    @property
+    def conflicts(self) -> list[DuplicateGroup]:
+        return [g for g in self.exact + self.near if g.conflicting]
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = np.arange(n)
+
+    def find(self, i: int) -> int:
+        parent = self.parent
+        root = i
+        while parent[root] != root:
+            root = parent[root]
+        while parent[i] != root:
+            parent[i], i = root, parent[i]
+        return int(root)
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def groups(self) -> list[list[int]]:
+        out: dict[int, list[int]] = {}
+        for i in range(len(self.parent)):
+            out.setdefault(self.find(i), []).append(i)
+        return list(out.values())
+
+
+def popcount64(x: np.ndarray) -> np.ndarray:
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x)
+    b = x.view(np.uint8).reshape(*x.shape, 8)
+    return np.unpackbits(b, axis=-1).sum(axis=(-1, -2))
+
+
+def near_pairs(hashes: np.ndarray, threshold: int) -> list[tuple[int, int]]:
+    """All index pairs ``(i, j)``, ``i < j``, whose 64-bit hashes differ in at most ``threshold`` bits."""
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    n = len(hashes)
+    if n < 2 or threshold < 0:
+        return []
+    n_bands = min(threshold + 1, 64)
+    edges = np.linspace(0, 64, n_bands + 1).astype(int)
+    found: set[tuple[int, int]] = set()
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        band = (hashes >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
+        order = np.argsort(band, kind="stable")
+        sorted_band = band[order]
+        starts = np.flatnonzero(np.r_[True, sorted_band[1:] != sorted_band[:-1]])
+        ends = np.r_[starts[1:], n]
+        for s, e in zip(starts, ends):
+            if e - s < 2:
+                continue
+            members = order[s:e]
+            _pairs_within(hashes, members, threshold, found)
+    return sorted(found)
+
+
+def _pairs_within(hashes: np.ndarray, members: np.ndarray, threshold: int, found: set) -> None:
+    """Compare all members of one bucket, in blocks so a huge bucket never needs a huge matrix."""
+    members = np.sort(members)
+    h = hashes[members]
+    for a in range(0, len(members), _BLOCK):
+        block = h[a : a + _BLOCK]
+        dist = popcount64(block[:, None] ^ h[None, a:])
+        ii, jj = np.nonzero(dist <= threshold)
+        keep = jj > ii  # columns are offset by ``a`` like the rows, so this keeps each pair once
+        for i, j in zip(ii[keep] + a, jj[keep] + a):
+            found.add((int(members[i]), int(members[j])))
+
+
+def find_duplicates(ids: list[str], labels: list[str], pixel_hashes: list[str], phashes: list[int], threshold: int = DEFAULT_NEAR_THRESHOLD) -> DuplicateReport:
+    """Group images into exact-duplicate and near-duplicate groups; every image gets a cluster number.
+
+    Near groups are reported over distinct pictures (exact copies collapsed first) and list every file.
+    Clusters merge both relations transitively: they are what must never be split across folds.
+    """
+    n = len(ids)
+    report = DuplicateReport(threshold=threshold)
+    uf = _UnionFind(n)
+    first_of: dict[str, int] = {}
+    reps: list[int] = []
+    for i, h in enumerate(pixel_hashes):
+        if h in first_of:
+            uf.union(first_of[h], i)
+        else:
+            first_of[h] = i
+            reps.append(i)
+    for members in uf.groups():
+        if len(members) > 1:
+            report.exact.append(DuplicateGroup("exact", [ids[i] for i in members], [labels[i] for i in members]))
+
+    exact_members: dict[int, list[int]] = {}
+    for i in range(n):
+        exact_members.setdefault(uf.find(i), []).append(i)  # keyed by the group's first index, its rep
+    rep_hashes = np.array([phashes[i] for i in reps], dtype=np.uint64)
+    near_uf = _UnionFind(len(reps))
+    for a, b in near_pairs(rep_hashes, threshold):
+        near_uf.union(a, b)
+        uf.union(reps[a], reps[b])
+    for group in near_uf.groups():
+        if len(group) > 1:
+            members = sorted(i for r in group for i in exact_members[reps[r]])
+            report.near.append(DuplicateGroup("near", [ids[i] for i in members], [labels[i] for i in members]))
+
+    for cluster, members in enumerate(sorted(uf.groups(), key=min)):
+        for i in members:
+            report.clusters[ids[i]] = cluster
+    report.exact.sort(key=lambda g: g.ids[0])
+    report.near.sort(key=lambda g: g.ids[0])
+    return report

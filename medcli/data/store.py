@@ -1,0 +1,152 @@
+"""The decoded-image store: every image decoded and resized once into a memory-mapped uint8 array.
+
+Training and evaluation read images from here and never touch the image files again. A store is keyed by the
+exact list of files (id, path, byte size, modification time) and the decode settings (size, channels, resize
+mode, interpolation); re-running with the same inputs reuses it, any change builds a new one. Concurrent
+builders (parallel jobs on one node) are safe: each builds in a private temporary folder and the first to finish
+renames it into place.
+
+Files: ``<cache>/store/<key>/images.npy`` (N x H x W x C, uint8, C in {1, 3}) and ``meta.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .._io import write_json
+from ..errors import MedcliError
+from ..progress import track_units
+from ._parallel import chunked, default_workers, map_chunks
+from .decode import RESIZE_MODES, INTERPOLATIONS, DecodeError, resize, to_channels
+from .layouts import Dataset, Sample
+from .scan import load_image
+
+STORE_VERSION = 1
+_CHUNK = 32
+_IN_PROCESS_BELOW = 200
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    img_size: int = 224
+    channels: int = 3
+    resize: str = "squash"
+    interpolation: str = "bilinear"
+
+    def validate(self) -> None:
+        if self.channels not in (1, 3):
+            raise MedcliError(f"--channels {self.channels}: must be 1 or 3")
+        if not 8 <= self.img_size <= 4096:
+            raise MedcliError(f"--img-size {self.img_size}: must be between 8 and 4096")
+        if self.resize not in RESIZE_MODES:
+            raise MedcliError(f"--resize {self.resize!r}: choose one of {', '.join(RESIZE_MODES)}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise MedcliError(f"--interpolation {self.interpolation!r}: choose one of {', '.join(INTERPOLATIONS)}")
+
+
+@dataclass
+class ImageStore:
+    path: Path
+    key: str
+    ids: list[str]
+    images: np.ndarray  # memory-mapped, N x H x W x C uint8
+    settings: StoreSettings
+
+    def __post_init__(self) -> None:
+        self._row = {sid: i for i, sid in enumerate(self.ids)}
+
+    def rows(self, ids: Sequence[str]) -> np.ndarray:
+        """Row numbers of ``ids`` in :attr:`images`."""
+        try:
+            return np.fromiter((self._row[i] for i in ids), dtype=np.int64, count=len(ids))
+        except KeyError as exc:
+            raise MedcliError(f"image {exc.args[0]!r} is not in the image store {self.path}; re-run with the same dataset") from None
+
+
+def store_key(samples: Sequence[Sample], settings: StoreSettings) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"version": STORE_VERSION, **settings.__dict__}, sort_keys=True).encode())
+    for s in samples:
+        h.update(f"{s.id}\0{s.path}\0{s.size}\0{s.mtime_ns}\0{s.npz_index}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def _decode_chunk(args: tuple[Sequence[Sample], StoreSettings]) -> np.ndarray:
+    samples, st = args
+    out = np.empty((len(samples), st.img_size, st.img_size, st.channels), np.uint8)
+    for k, s in enumerate(samples):
+        try:
+            img, _, _ = load_image(s)
+        except DecodeError as exc:
+            raise MedcliError(f"{s.path}: {exc}; run `medcli data inspect` and fix the file or pass --skip-bad") from None
+        img = resize(to_channels(img, st.channels), st.img_size, st.resize, st.interpolation)
+        arr = np.asarray(img, dtype=np.uint8)
+        out[k] = arr[..., None] if arr.ndim == 2 else arr
+    return out
+
+
+def materialize(
+    dataset: Dataset,
+    settings: StoreSettings,
+    cache_dir: str | os.PathLike | None = None,
+    workers: int | None = None,
+) -> ImageStore:
+    """Return the store for ``dataset`` under ``settings``, building it if it does not exist yet."""
+    from ..paths import default_cache_dir
+
+    settings.validate()
+    samples = dataset.samples
+    key = store_key(samples, settings)
+    root = (Path(cache_dir) if cache_dir else default_cache_dir()) / "store"
+    final = root / key
+    if not (final / "meta.json").exists():
+        _build(final, samples, settings, workers)
+    return open_store(final)
+
+
+def open_store(path: str | os.PathLike) -> ImageStore:
+    path = Path(path)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        images = np.load(path / "images.npy", mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise MedcliError(f"{path}: image store unreadable ({exc}); delete the folder to rebuild it") from None
+    return ImageStore(path, meta["key"], meta["ids"], images, StoreSettings(**meta["settings"]))
+
+
+def _build(final: Path, samples: Sequence[Sample], settings: StoreSettings, workers: int | None) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        shape = (len(samples), settings.img_size, settings.img_size, settings.channels)
+        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
+        n_workers = default_workers() if workers is None else workers
+        if len(samples) < _IN_PROCESS_BELOW or any(s.npz_index is not None for s in samples):
+            n_workers = 1
+        chunks = [(c, settings) for c in chunked(list(samples), _CHUNK)]
+        row = 0
+        desc = f"materializing {settings.img_size}px images"
+        for block in track_units(map_chunks(_decode_chunk, chunks, n_workers), len(samples), desc, unit="images"):
+            images[row : row + len(block)] = block
+            row += len(block)
+        images.flush()
+        del images
+        meta = {"key": final.name, "version": STORE_VERSION, "settings": settings.__dict__, "ids": [s.id for s in samples]}
+        write_json(tmp / "meta.json", meta)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "meta.json").exists():  # not a concurrent builder that won the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,129 @@
+"""The results layout: every path medcli reads or writes is built here, and only here.
+
+Both the CLI and the Snakemake rules (``workflow/rules/common.smk``) import these functions, so a path template
+is written once. Every function accepts plain strings, so calling it with Snakemake wildcards
+(``splits_file("results", "{dataset}")``) yields the rule's pattern.
+
+Layout (see docs/architecture.md for the file formats)::
+
+    <results>/
+      summary.md, summary.csv, summary.json, figures/
+      <dataset>/
+        inspect.json                                   medcli data inspect --json
+        splits.json                                    medcli split
+        runs/<backbone>__<strategy>/seed-<s>/fold-<k>/ one trained model (self-describing)
+          config.json  history.csv  model.pt
+          predictions/<split>.csv  metrics/<split>.json  figures/
+    <work>/<dataset>/<backbone>__<strategy>/seed-<s>/fold-<k>/checkpoint.pt
+                                                       resume state; never a declared output
+    <cache>/scan/, <cache>/store/<key>/                decoded-image caches (see medcli.data.store)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_RESULTS = "results"
+DEFAULT_WORK = "work"
+
+INSPECT_FILE = "inspect.json"
+SPLITS_FILE = "splits.json"
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.csv"
+MODEL_FILE = "model.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+_RUN_SUBDIR = "runs/{backbone}__{strategy}/seed-{seed}/fold-{fold}"
+
+
+def _join(*parts: object) -> str:
+    return os.path.join(*(str(p) for p in parts))
+
+
+def dataset_dir(results: str | os.PathLike, dataset: str) -> str:
+    return _join(results, dataset)
+
+
+def inspect_file(results: str | os.PathLike, dataset: str) -> str:
+    return _join(results, dataset, INSPECT_FILE)
+
+
+def splits_file(results: str | os.PathLike, dataset: str) -> str:
+    return _join(results, dataset, SPLITS_FILE)
+
+
+def run_name(backbone: str, strategy: str) -> str:
+    """The configuration part of a run directory; ``__`` joins so that the name parses back."""
+    return f"{backbone}__{strategy}"
+
+
+def run_dir(results: str | os.PathLike, dataset: str, backbone: str, strategy: str, seed: object, fold: object) -> str:
+    return _join(results, dataset, _RUN_SUBDIR.format(backbone=backbone, strategy=strategy, seed=seed, fold=fold))
+
+
+def work_dir(work: str | os.PathLike, dataset: str, backbone: str, strategy: str, seed: object, fold: object) -> str:
+    """Where a run keeps its resume checkpoint: outside the declared outputs, so a killed job resumes."""
+    return _join(work, dataset, run_name(backbone, strategy), f"seed-{seed}", f"fold-{fold}")
+
+
+def config_file(run: str | os.PathLike) -> str:
+    return _join(run, CONFIG_FILE)
+
+
+def history_file(run: str | os.PathLike) -> str:
+    return _join(run, HISTORY_FILE)
+
+
+def model_file(run: str | os.PathLike) -> str:
+    return _join(run, MODEL_FILE)
+
+
+def predictions_file(run: str | os.PathLike, split: str) -> str:
+    return _join(run, "predictions", f"{split}.csv")
+
+
+def metrics_file(run: str | os.PathLike, split: str) -> str:
+    return _join(run, "metrics", f"{split}.json")
+
+
+def figures_dir(run: str | os.PathLike) -> str:
+    return _join(run, "figures")
+
+
+def checkpoint_file(work_run: str | os.PathLike) -> str:
+    return _join(work_run, CHECKPOINT_FILE)
+
+
+def default_cache_dir() -> Path:
+    """``$MEDCLI_CACHE``, else ``$XDG_CACHE_HOME/medcli``, else ``~/.cache/medcli``."""
+    if os.environ.get("MEDCLI_CACHE"):
+        return Path(os.environ["MEDCLI_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "medcli"
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """The coordinates of one trained model, as parsed back from its directory."""
+
+    dataset: str
+    backbone: str
+    strategy: str
+    seed: int
+    fold: int
+
+
+_RUN_RE = re.compile(
+    r"(?P<dataset>[^/]+)/runs/(?P<backbone>[^/]+?)__(?P<strategy>[^/]+)/seed-(?P<seed>-?\d+)/fold-(?P<fold>\d+)/?$"
+)
+
+
+def parse_run_dir(path: str | os.PathLike) -> RunKey:
+    """Inverse of :func:`run_dir` (the results root is ignored)."""
+    m = _RUN_RE.search(Path(path).as_posix())
+    if not m:
+        raise ValueError(f"{path} is not a run directory (<dataset>/{_RUN_SUBDIR})")
+    return RunKey(m["dataset"], m["backbone"], m["strategy"], int(m["seed"]), int(m["fold"]))

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+CHEST_CT = REPO.parent / "shared" / "data" / "chest-ct"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own decoded-image cache, so tests never see each other's files."""
+    monkeypatch.setenv("MEDCLI_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("MEDCLI_NO_PROGRESS", "1")
+
+
+@pytest.fixture
+def chest_ct() -> Path:
+    if not CHEST_CT.is_dir():
+        pytest.skip(f"real chest-CT data not available at {CHEST_CT}")
+    return CHEST_CT
+
+
+def save_image(path: Path, arr: np.ndarray, mode: str | None = None, fmt: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(arr) if mode is None else Image.fromarray(arr).convert(mode)
+    img.save(path, format=fmt)
+    return path
+
+
+def blob(seed: int, size: int = 48) -> np.ndarray:
+    """A random, structured gray picture (distinct seeds give perceptually distinct pictures)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (6, 6), dtype=np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC))
