@@ -104,6 +104,13 @@ def make_splits(
         log.warning("%d validation image(s) duplicate training images of the dataset's own split (kept: --folds 0 keeps that split as given)", len(straddling))
 
     sizes = Counter(groups.values())
+    largest = max(sizes.values())
+    n_parts = max(folds, 2)
+    if largest > len(dev) / (2 * n_parts):
+        log.warning(
+            "the largest group of duplicates/patients holds %d of %d development images: folds cannot be balanced well; "
+            "check it with `medcli data inspect` (or lower --near-threshold)", largest, len(dev)
+        )
     grouped = {i: f"g{groups[i]}" for i in ids if sizes[groups[i]] > 1}
     kept = dev_set | set(test)
     doc = {
@@ -137,6 +144,7 @@ def make_splits(
             "test_duplicates_dropped": bool(dropped),
             "val_duplicating_train": sorted(set(straddling)),
             "n_label_conflicts": len(dups.conflicts),
+            "largest_group": largest,
         },
     }
     check_splits(doc)

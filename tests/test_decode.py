@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medcli.data.decode import DecodeError, extension_lies, normalize_mode, open_image, perceptual_hash, pixel_hash, resize, to_channels
+from medcli.data.decode import DecodeError, extension_lies, normalize_mode, open_image, perceptual_hashes, pixel_hash, resize, to_channels
 
 GRAY = np.arange(32 * 40, dtype=np.uint8).reshape(32, 40)
 
@@ -93,9 +93,12 @@ def test_perceptual_hash_survives_resize_and_reencoding():
     a = Image.fromarray(blob(1, 128))
     small = a.resize((64, 64))
     other = Image.fromarray(blob(2, 128))
-    d = lambda x, y: bin(perceptual_hash(x) ^ perceptual_hash(y)).count("1")  # noqa: E731
-    assert d(a, small) <= 4
-    assert d(a, other) > 10
+    def dist(x, y):
+        (h1, f1), (h2, f2) = perceptual_hashes(x), perceptual_hashes(y)
+        return bin(h1 ^ h2).count("1"), bin(int(f1, 16) ^ int(f2, 16)).count("1")
+
+    assert dist(a, small)[0] <= 4 and dist(a, small)[1] <= 40
+    assert dist(a, other)[0] > 10 and dist(a, other)[1] > 60
 
 
 @pytest.mark.parametrize("mode", ["squash", "pad", "crop"])

@@ -22,7 +22,7 @@ def test_near_pairs_matches_brute_force(threshold):
     flips = [base[i % 5] ^ np.uint64(sum(1 << int(b) for b in rng.choice(64, d, replace=False))) for i, d in enumerate(range(12))]
     hashes = np.concatenate([base, np.array(flips, dtype=np.uint64)])
     brute = {(i, j) for i, j in itertools.combinations(range(len(hashes)), 2) if bin(int(hashes[i]) ^ int(hashes[j])).count("1") <= threshold}
-    assert set(near_pairs(hashes, threshold)) == brute
+    assert set(map(tuple, near_pairs(hashes, threshold).tolist())) == brute
 
 
 def test_exact_and_near_groups_and_clusters():
@@ -30,14 +30,19 @@ def test_exact_and_near_groups_and_clusters():
     labels = ["x", "x", "y", "x", "y", "y"]
     pixel = ["p1", "p1", "p2", "p3", "p4", "p5"]  # a and b are exact copies
     ph = [0, 0, 0xFFFF << 20, 0b11, 0xFFFF << 48, 0xFFFF << 4]  # d is 2 bits from a
-    rep = find_duplicates(ids, labels, pixel, ph, threshold=2)
+    zero, far = "0" * 64, "f" * 32 + "0" * 32
+    ph256 = [zero, zero, far, "0" * 63 + "7", far, far]  # d is 3 bits from a; c, e, f are not candidates
+    rep = find_duplicates(ids, labels, pixel, ph, ph256, threshold=4)
     assert [g.ids for g in rep.exact] == [["a", "b"]]
     assert [g.ids for g in rep.near] == [["a", "b", "d"]]
     assert rep.clusters["a"] == rep.clusters["b"] == rep.clusters["d"]
     assert len({rep.clusters[i] for i in "cef"}) == 3
     assert rep.conflicts == []
     labels[3] = "y"
-    assert len(find_duplicates(ids, labels, pixel, ph, threshold=2).conflicts) == 1
+    assert len(find_duplicates(ids, labels, pixel, ph, ph256, threshold=4).conflicts) == 1
+    # a candidate by its 64-bit hash that the 256-bit hash rejects is no duplicate
+    ph256[3] = far
+    assert find_duplicates(ids, labels, pixel, ph, ph256, threshold=4).near == []
 
 
 def test_inspect_finds_planted_duplicates_across_splits_and_conflicts(tmp_path):

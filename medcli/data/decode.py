@@ -133,12 +133,19 @@ def pixel_hash(img: Image.Image) -> str:
     return h.hexdigest()
 
 
-def perceptual_hash(img: Image.Image) -> int:
-    """64-bit DCT perceptual hash (pHash): robust to resizing, re-encoding and small intensity changes."""
+def perceptual_hashes(img: Image.Image) -> tuple[int, str]:
+    """DCT perceptual hashes (pHash) of an image: a 64-bit one and a 256-bit one (as 64 hex digits).
+
+    Both are robust to resizing, re-encoding and small edits. The 64-bit hash finds candidate pairs quickly;
+    the 256-bit hash sees finer structure and decides, so that merely similar pictures (two CT slices of
+    different patients) are not taken for copies.
+    """
     from scipy.fft import dctn
 
-    small = np.asarray(img.convert("L").resize((32, 32), Image.Resampling.BILINEAR, reducing_gap=3.0), dtype=np.float64)
-    low = dctn(small, norm="ortho")[:8, :8].ravel()
-    median = np.median(low[1:])  # the DC term only says how bright the image is
-    bits = low > median
-    return int(np.packbits(bits).view(">u8")[0])
+    gray = img.convert("L")
+    out = []
+    for side, keep in ((32, 8), (64, 16)):
+        small = np.asarray(gray.resize((side, side), Image.Resampling.BILINEAR, reducing_gap=3.0), dtype=np.float64)
+        low = dctn(small, norm="ortho")[:keep, :keep].ravel()
+        out.append(np.packbits(low > np.median(low[1:])))  # the DC term only says how bright the image is
+    return int(out[0].view(">u8")[0]), out[1].tobytes().hex()

@@ -27,6 +27,7 @@ def duplicates_of(dataset: Dataset, records: dict[str, ScanRecord], threshold: i
         [s.label for s in ok],
         [records[s.id].pixel_hash for s in ok],
         [records[s.id].phash for s in ok],
+        [records[s.id].phash256 for s in ok],
         threshold,
     )
 
@@ -130,7 +131,7 @@ def render_report(report: dict, console) -> None:
 
     d = report["duplicates"]
     console.print(
-        f"duplicates: {d['n_exact_groups']} exact group(s), {d['n_near_groups']} near group(s) (pHash distance <= {d['near_threshold']}), "
+        f"duplicates: {d['n_exact_groups']} exact group(s), {d['n_near_groups']} near group(s) (pHash distance <= {d['near_threshold']}/256 bits), "
         f"{d['n_images_in_groups']} images involved; [bold]{d['n_cross_split_groups']} group(s) span splits[/], "
         f"[bold]{d['n_label_conflicts']} with conflicting labels[/]"
     )

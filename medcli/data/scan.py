@@ -18,10 +18,10 @@ from .._io import write_text
 from ..errors import MedcliError
 from ..progress import track_units
 from ._parallel import chunked, default_workers, map_chunks
-from .decode import DecodeError, extension_lies, normalize_mode, open_image, perceptual_hash, pixel_hash
+from .decode import DecodeError, extension_lies, normalize_mode, open_image, perceptual_hashes, pixel_hash
 from .layouts import Dataset, Sample
 
-SCAN_VERSION = 1
+SCAN_VERSION = 2
 _CHUNK = 32
 _IN_PROCESS_BELOW = 200  # starting worker processes costs more than decoding a few images
 
@@ -38,6 +38,7 @@ class ScanRecord:
     ext_lies: bool = False
     pixel_hash: str | None = None
     phash: int | None = None
+    phash256: str | None = None
 
 
 def load_image(sample: Sample):
@@ -72,6 +73,7 @@ def scan_one(sample: Sample) -> ScanRecord:
         img, mode, fmt = load_image(sample)
     except DecodeError as exc:
         return ScanRecord(sample.id, False, error=str(exc))
+    phash, phash256 = perceptual_hashes(img)
     return ScanRecord(
         sample.id,
         True,
@@ -81,7 +83,8 @@ def scan_one(sample: Sample) -> ScanRecord:
         height=img.size[1],
         ext_lies=sample.npz_index is None and extension_lies(sample.path, fmt),
         pixel_hash=pixel_hash(img),
-        phash=perceptual_hash(img),
+        phash=phash,
+        phash256=phash256,
     )
 
 
