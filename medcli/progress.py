@@ -44,18 +44,18 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def track(items: Iterable[T], total: int, description: str, *, unit: str = "items", enabled: bool = True) -> Iterator[T]:
-    """Iterate over ``items`` showing progress; ``total`` is the number of units the iteration covers.
-
-    Items may be chunks: pass an ``(item, n_units)`` aware loop by calling :func:`advance`-free code — here each
-    item counts as one unit. Use :func:`track_units` for chunked work.
-    """
+    """Iterate over ``items`` showing progress, one unit per item (see :func:`track_units` for chunks)."""
     yield from track_units(((item, 1) for item in items), total, description, unit=unit, enabled=enabled)
 
 
 def track_units(
     items: Iterable[tuple[T, int]], total: int, description: str, *, unit: str = "items", enabled: bool = True
 ) -> Iterator[T]:
-    """Like :func:`track` for ``(item, n_units)`` pairs, e.g. chunks of images decoded by worker processes."""
+    """Like :func:`track` for ``(item, n_units)`` pairs, e.g. chunks of images decoded by worker processes.
+
+    Without a terminal: a line at every tenth of the work (for 1,000 units or more) and a closing line with
+    the rate.
+    """
     start = time.perf_counter()
     done = 0
     if enabled and is_interactive() and total > 0:
@@ -73,7 +73,7 @@ def track_units(
         for item, n in items:
             yield item
             done += n
-            if enabled and done >= next_report and done < total:
+            if enabled and total >= 1000 and done >= next_report and done < total:
                 log.info("%s: %d/%d %s (%.0f %s/s)", description, done, total, unit, _rate(done, start), unit)
                 next_report += total / 10
     if enabled and total > 0:

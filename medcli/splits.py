@@ -325,3 +325,12 @@ def summarize(doc: dict) -> str:
     if doc["excluded"]:
         lines.append(f"excluded: {len(doc['excluded'])} image(s) (see 'excluded' in the file)")
     return "\n".join(lines)
+
+
+def splits_fingerprint(doc: dict) -> str:
+    """A hash of what the splits say (labels, test set, folds), independent of when they were written."""
+    import hashlib
+    import json
+
+    payload = {"labels": doc["labels"], "test": doc["test"], "folds": [{"train": f["train"], "val": f["val"]} for f in doc["folds"]]}
+    return "sha256:" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,388 @@
+"""The training loop: one code path for CPU, one GPU and several GPUs (Accelerate).
+
+Reads top-down like torchvision's reference script: :func:`train` resolves the config, loads the fold
+(:func:`load_fold`), builds the model and the strategy plan, then alternates :func:`train_one_epoch` and
+:func:`evaluate`, keeping a real copy of the best epoch's weights, checkpointing every epoch to the work folder
+(so a killed run resumes), and finally writes the run folder (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .. import paths
+from ..errors import MedcliError
+from .batches import AugmentSettings, ImageSet, index_loader, normalization, to_model_input
+from .config import MONITORS, TrainConfig, resolve, work_dir
+
+log = logging.getLogger("medcli")
+
+CHECKPOINT_FORMAT = "medcli.checkpoint/1"
+
+
+@dataclass
+class Fold:
+    """Everything a run needs to know about its data."""
+
+    classes: list[str]
+    train: ImageSet
+    val: ImageSet
+    paths_by_id: dict[str, str]
+    splits_path: str
+    splits_fingerprint: str
+    data_fingerprint: str
+    store_key: str
+    interpolation: str
+
+
+def make_accelerator(cfg: TrainConfig):
+    """An Accelerator for the available hardware; says plainly when a requested precision cannot be used."""
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available()
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and not cuda:
+        log.warning("fp16 needs a GPU; training in fp32 on the CPU")
+        precision = "fp32"
+    accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=not cuda)
+    return accelerator, precision
+
+
+def load_fold(cfg: TrainConfig, accelerator) -> Fold:
+    """Index the dataset, read (or make) the splits, materialize the images once, return this fold's data."""
+    from ..data import load_dataset
+    from ..data.store import StoreSettings, materialize
+    from ..models import get_backbone
+    from ..splits import load_splits, split_data, splits_fingerprint
+
+    dataset = load_dataset(cfg.data, cfg.layout, cfg.aliases)
+    splits_path = cfg.splits or paths.splits_file(cfg.results, cfg.dataset_name)
+    if not os.path.exists(splits_path):
+        if cfg.splits:
+            raise MedcliError(f"--splits {cfg.splits}: file not found; make it with `medcli split`")
+        with accelerator.main_process_first():
+            if accelerator.is_main_process and not os.path.exists(splits_path):
+                log.info("no splits given: using the dataset's own train/val split (or a stratified holdout); written to %s", splits_path)
+                split_data(cfg.data, splits_path, layout=cfg.layout, aliases=cfg.aliases, folds=0, seed=cfg.seed,
+                           skip_bad=cfg.skip_bad, cache_dir=cfg.cache_dir, workers=cfg.workers)
+    doc = load_splits(splits_path, dataset)
+    if not 0 <= cfg.fold < len(doc["folds"]):
+        raise MedcliError(f"--fold {cfg.fold}: {splits_path} has folds 0..{len(doc['folds']) - 1}")
+    fold = doc["folds"][cfg.fold]
+    classes = doc["classes"]
+    index = {c: k for k, c in enumerate(classes)}
+    labelled = set(doc["labels"])
+    samples = [s for s in dataset.samples if s.id in labelled]
+    dataset.samples = samples
+    info = get_backbone(cfg.backbone)
+    settings = StoreSettings(img_size=cfg.img_size, channels=cfg.channels, resize=cfg.resize, interpolation=info.interpolation)
+    with accelerator.main_process_first():
+        store = materialize(dataset, settings, cfg.cache_dir, cfg.workers)
+
+    def part(ids: list[str]) -> ImageSet:
+        return ImageSet(store.images, store.rows(ids), np.array([index[doc["labels"][i]] for i in ids]), ids)
+
+    return Fold(
+        classes=classes,
+        train=part(fold["train"]),
+        val=part(fold["val"]),
+        paths_by_id={s.id: s.path for s in samples},
+        splits_path=str(splits_path),
+        splits_fingerprint=splits_fingerprint(doc),
+        data_fingerprint=doc["dataset"]["fingerprint"],
+        store_key=store.key,
+        interpolation=info.interpolation,
+    )
+
+
+def class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights from the training fold: ``n / (C * n_c)`` (a class with no images gets 0)."""
+    counts = torch.bincount(labels, minlength=n_classes).double()
+    weights = torch.where(counts > 0, labels.numel() / (n_classes * counts.clamp(min=1)), torch.zeros_like(counts))
+    return weights.float()
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):
+    """LR multiplier: linear warm-up from 1% to 100%, then cosine decay to ``min_ratio``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return 0.01 + 0.99 * step / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def build_optimizer(cfg: TrainConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
+    groups = [g for g in param_groups if g["params"]]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def train_one_epoch(model, loader, images: ImageSet, optimizer, scheduler, loss_fn, accelerator, norm, augment, epoch: int, cfg: TrainConfig, bar=None) -> dict:
+    device = accelerator.device
+    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + accelerator.process_index)
+    total_loss = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.float64)
+    seen = torch.zeros((), device=device, dtype=torch.float64)
+    for step, (idx,) in enumerate(loader):
+        x = to_model_input(images.pixels(idx).to(device, non_blocking=True), *norm, augment=augment, generator=generator, channels_last=cfg.channels_last)
+        y = images.labels[idx.cpu()].to(device, non_blocking=True)
+        with accelerator.autocast():
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        if not torch.isfinite(accelerator.reduce(loss.detach(), "mean")):
+            raise MedcliError(f"the training loss became non-finite at epoch {epoch + 1}, step {step + 1}; lower --lr or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        scheduler.step()
+        total_loss += loss.detach().double() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        if bar is not None:
+            bar.advance(1)
+    totals = accelerator.reduce(torch.stack([total_loss, correct, seen]), "sum")
+    n = max(float(totals[2]), 1.0)
+    return {"train_loss": float(totals[0]) / n, "train_accuracy": float(totals[1]) / n}
+
+
+@torch.no_grad()
+def predict(model, loader, images: ImageSet, accelerator, norm, cfg: TrainConfig) -> np.ndarray:
+    """Logits ``(N, C)`` for every image of ``images``, in order, gathered from all processes."""
+    model.eval()
+    device = accelerator.device
+    chunks, positions = [], []
+    for (idx,) in loader:
+        x = to_model_input(images.pixels(idx).to(device), *norm, channels_last=cfg.channels_last)
+        with accelerator.autocast():
+            logits = model(x)
+        idx, logits = accelerator.gather_for_metrics((idx.to(device), logits.float()))
+        positions.append(idx.cpu())
+        chunks.append(logits.cpu())
+    order = torch.cat(positions).argsort()
+    return torch.cat(chunks)[order].numpy()
+
+
+def val_metrics(logits: np.ndarray, y: np.ndarray) -> dict:
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    logp = torch.log_softmax(torch.from_numpy(logits).double(), 1).numpy()
+    pred = logits.argmax(1)
+    return {
+        "val_loss": float(-logp[np.arange(len(y)), y].mean()),
+        "val_accuracy": float((pred == y).mean()),
+        "val_balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "val_macro_f1": float(f1_score(y, pred, average="macro", labels=np.unique(y), zero_division=0)),
+    }
+
+
+def _is_better(score: float, best: float | None, mode: str) -> bool:
+    return best is None or (score > best if mode == "max" else score < best)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train one model (one dataset × backbone × strategy × seed × fold) and write its run folder.
+
+    Returns the summary that is also stored in ``config.json``.
+    """
+    from accelerate.utils import set_seed
+
+    from ..models import create_model
+    from ..strategies import build_plan, set_train_mode
+    from .outputs import write_outputs
+
+    cfg = resolve(cfg)
+    accelerator, precision = make_accelerator(cfg)
+    if not accelerator.is_main_process:
+        log.setLevel(logging.WARNING)
+    if cfg.channels_last is None:
+        cfg.channels_last = accelerator.device.type == "cuda"
+    fold = load_fold(cfg, accelerator)
+    n_classes = len(fold.classes)
+    set_seed(cfg.seed)
+    model = create_model(cfg.backbone, n_classes, in_channels=cfg.channels, head=cfg.head,
+                         weights=None if cfg.weights == "none" else cfg.weights, dropout=cfg.dropout, hidden=cfg.hidden, img_size=cfg.img_size)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    plan = build_plan(model, cfg.strategy, epochs=cfg.epochs, lr=cfg.lr, partial_stages=cfg.partial_stages, freeze_epochs=cfg.freeze_epochs, lr_mult=cfg.lr_mult)
+    mean, std = normalization(cfg.weights != "none", model.info.mean, model.info.std, cfg.channels, fold.train)
+    norm = (torch.tensor(mean, device=accelerator.device), torch.tensor(std, device=accelerator.device))
+    weights = class_weights(fold.train.labels, n_classes) if cfg.class_weights else None
+    loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(accelerator.device), label_smoothing=cfg.label_smoothing)
+    augment = AugmentSettings(cfg.augment, cfg.hflip, cfg.rotate, cfg.zoom, cfg.shift)
+
+    # --batch-size is the global batch: N processes each take 1/N of it, so results do not depend on N.
+    per_process = max(1, min(cfg.batch_size, len(fold.train)) // accelerator.num_processes)
+    drop_last = len(fold.train) > per_process * accelerator.num_processes  # a last batch of 1 breaks BatchNorm
+    train_loader = accelerator.prepare_data_loader(index_loader(len(fold.train), per_process, seed=cfg.seed, shuffle=True, drop_last=drop_last))
+    val_loader = accelerator.prepare_data_loader(index_loader(len(fold.val), max(1, cfg.batch_size // accelerator.num_processes), seed=cfg.seed, shuffle=False, drop_last=False))
+    if len(train_loader) == 0:
+        raise MedcliError(f"fold {cfg.fold} has {len(fold.train)} training images, too few for {accelerator.num_processes} process(es)")
+    mode = MONITORS[cfg.monitor]
+    ckpt_path = paths.checkpoint_file(work_dir(cfg))
+    state = _load_checkpoint(ckpt_path, cfg) if os.path.exists(ckpt_path) else None
+    start = state["epoch"] if state else 0
+    history: list[dict] = state["history"] if state else []
+    best_state, best_score, best_epoch, bad_epochs = (state["best_state"], state["best_score"], state["best_epoch"], state["bad_epochs"]) if state else (None, None, -1, 0)
+    if state:
+        model.load_state_dict(state["model"])
+        log.info("resuming from %s after epoch %d", ckpt_path, start)
+    log.info("training %s/%s on %s fold %d: %d train, %d val images, %d classes, %s, %d process(es), %s",
+             cfg.backbone, cfg.strategy, cfg.dataset_name, cfg.fold, len(fold.train), len(fold.val), n_classes,
+             accelerator.device, accelerator.num_processes, precision)
+
+    prepared = optimizer = scheduler = None
+    stopped_early = False
+    t_start = time.perf_counter()
+    for epoch in range(start, cfg.epochs):
+        phase = plan.phase(epoch)
+        if prepared is None or plan.phase_changes_at(epoch):
+            base = accelerator.unwrap_model(prepared) if prepared is not None else model
+            plan.apply(base, epoch)
+            prepared = accelerator.prepare_model(base)
+            optimizer = accelerator.prepare_optimizer(build_optimizer(cfg, phase.param_groups))
+            steps = len(train_loader) * (phase.stop - phase.start)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, int(cfg.warmup_epochs * len(train_loader)), cfg.min_lr_ratio))
+            if state and epoch == start and not plan.phase_changes_at(epoch):
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+        train_loader.set_epoch(epoch)
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout draws depend on (seed, epoch) only: resumable
+        t0 = time.perf_counter()
+        set_train_mode(accelerator.unwrap_model(prepared), phase)
+        with _epoch_bar(cfg, accelerator, epoch, len(train_loader)) as bar:
+            stats = train_one_epoch(prepared, train_loader, fold.train, optimizer, scheduler, loss_fn, accelerator, norm, augment, epoch, cfg, bar)
+        logits = predict(prepared, val_loader, fold.val, accelerator, norm, cfg)
+        stats.update(val_metrics(logits, fold.val.labels.numpy()))
+        score = stats["val_loss"] if cfg.monitor == "loss" else stats[f"val_{cfg.monitor}"]
+        improved = _is_better(score, best_score, mode)
+        if improved:
+            best_score, best_epoch, bad_epochs = score, epoch, 0
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(prepared).state_dict().items()}
+        else:
+            bad_epochs += 1
+        row = {"epoch": epoch + 1, "phase": phase.name, **stats, "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - t0}
+        history.append(row)
+        _log_epoch(row, cfg, improved)
+        last_phase_started = epoch >= plan.phases[-1].start  # two-phase: never stop before unfreezing
+        if last_phase_started and bad_epochs >= cfg.patience and epoch + 1 < cfg.epochs:
+            stopped_early = True
+            log.info("early stopping: no %s improvement for %d epochs", cfg.monitor, bad_epochs)
+        if accelerator.is_main_process and not stopped_early and epoch + 1 < cfg.epochs:
+            _save_checkpoint(ckpt_path, cfg, epoch + 1, accelerator.unwrap_model(prepared), optimizer, scheduler, best_state, best_score, best_epoch, bad_epochs, history)
+        accelerator.wait_for_everyone()
+        if stopped_early:
+            break
+
+    model = accelerator.unwrap_model(prepared) if prepared is not None else model
+    if best_state is None:  # resumed after the last epoch's checkpoint: nothing left to train
+        raise MedcliError(f"{ckpt_path}: checkpoint has no best weights; delete it and train again")
+    model.load_state_dict(best_state)
+    val_logits = predict(accelerator.prepare_model(model), val_loader, fold.val, accelerator, norm, cfg)
+    summary = {
+        "best_epoch": best_epoch + 1,
+        "best_score": best_score,
+        "monitor": cfg.monitor,
+        "epochs_run": len(history),
+        "stopped_early": stopped_early,
+        "train_seconds": time.perf_counter() - t_start + sum(r["seconds"] for r in history[:start]),
+        "precision": precision,
+        "channels_last": cfg.channels_last,
+        "num_processes": accelerator.num_processes,
+        "device": str(accelerator.device),
+        "mean": mean,
+        "std": std,
+        "class_weights": None if weights is None else [float(w) for w in weights],
+        "n_train": len(fold.train),
+        "n_val": len(fold.val),
+        "out": cfg.out,
+        "main_process": accelerator.is_main_process,
+    }
+    if accelerator.is_main_process:
+        write_outputs(cfg, fold, model, history, val_logits, summary)
+        if os.path.exists(ckpt_path):
+            os.remove(ckpt_path)
+    accelerator.wait_for_everyone()
+    log.info("best epoch %d (%s %.4f); outputs in %s", best_epoch + 1, cfg.monitor, best_score, cfg.out)
+    return summary
+
+
+def _epoch_bar(cfg: TrainConfig, accelerator, epoch: int, steps: int):
+    from contextlib import nullcontext
+
+    from ..progress import is_interactive
+
+    if not (cfg.progress and accelerator.is_main_process and is_interactive()):
+        return nullcontext(None)
+    return _RichBar(f"epoch {epoch + 1}/{cfg.epochs}", steps)
+
+
+class _RichBar:
+    def __init__(self, description: str, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+        self.task = self.progress.add_task(description, total=total)
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def advance(self, n: int) -> None:
+        self.progress.update(self.task, advance=n)
+
+
+def _log_epoch(row: dict, cfg: TrainConfig, improved: bool) -> None:
+    log.info(
+        "epoch %d/%d [%s] train loss %.4f acc %.3f | val loss %.4f acc %.3f bal-acc %.3f f1 %.3f%s | lr %.2e | %.1f s",
+        row["epoch"], cfg.epochs, row["phase"], row["train_loss"], row["train_accuracy"], row["val_loss"], row["val_accuracy"],
+        row["val_balanced_accuracy"], row["val_macro_f1"], " *best*" if improved else "", row["lr"], row["seconds"],
+    )
+
+
+def _save_checkpoint(path: str, cfg: TrainConfig, epoch: int, model, optimizer, scheduler, best_state, best_score, best_epoch, bad_epochs, history) -> None:
+    from .._io import atomic_path
+
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "key": cfg.key(),
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "best_state": best_state,
+        "best_score": best_score,
+        "best_epoch": best_epoch,
+        "bad_epochs": bad_epochs,
+        "history": history,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _load_checkpoint(path: str, cfg: TrainConfig) -> dict | None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged checkpoint only costs the time to redo it
+        log.warning("ignoring unreadable checkpoint %s (%s); starting over", path, exc)
+        return None
+    if state.get("format") != CHECKPOINT_FORMAT or state.get("key") != cfg.key():
+        log.info("checkpoint %s belongs to different settings; starting over", path)
+        return None
+    return state
