@@ -278,9 +278,10 @@ register_strategy(StrategyInfo(
     "partial", "the last N trunk stages and the head train; earlier stages stay frozen", True, _partial,
     random_weights_reason="fine-tunes the last stages on top of frozen random features",
 ))
+# ``full`` with random weights is allowed (a plain end-to-end run), and trains exactly like ``scratch``; the
+# training log says so, and an experiment grid should not list both.
 register_strategy(StrategyInfo(
-    "full", "pretrained initialisation, all parameters train", True, _everything("all (fine-tuning)"),
-    random_weights_reason="is strategy 'scratch' under another name",
+    "full", "pretrained initialisation (if weights are given), all parameters train", False, _everything("all (fine-tuning)"),
 ))
 register_strategy(StrategyInfo(
     "two-phase", "head only for freeze_epochs epochs, then all with discriminative learning rates (fastai fine_tune)",

@@ -157,7 +157,6 @@ def test_loose_vit_parameters_belong_to_the_first_stage():
     [
         ("customcnn", "linear", None, "trains a head on random features.*weights file of a trained customcnn"),
         ("customcnn", "partial", "none", "frozen random features"),
-        ("customcnn", "full", None, "'scratch' under another name"),
         ("customcnn", "two-phase", None, "head on random features"),
         ("resnet18", "linear", "None", "use weights 'imagenet' or a weights file, or use strategy 'scratch'"),
         ("resnet18", "scratch", "imagenet", "trains from random weights, but weights 'imagenet' were given"),
@@ -165,7 +164,7 @@ def test_loose_vit_parameters_belong_to_the_first_stage():
         ("customcnn", "full", "imagenet", "customcnn has no ImageNet weights"),
     ],
 )
-def test_invalid_combinations_are_refused(backbone, strategy, weights, reason):
+def test_invalid_combinations_are_refused(backbone, strategy, weights, reason):  # noqa: D103
     problem = combination_problem(backbone, strategy, weights)
     assert problem is not None
     with pytest.raises(MedcliError, match=reason):
@@ -201,3 +200,9 @@ def test_bad_names_and_settings_are_refused():
         build_plan(model, "full", epochs=0, lr=0.1)
     with pytest.raises(MedcliError, match="lr 0"):
         build_plan(model, "full", epochs=1, lr=0)
+
+
+def test_full_with_random_weights_is_allowed():
+    """``full`` without weights is a plain end-to-end run from random initialisation (the same as ``scratch``)."""
+    assert combination_problem("resnet18", "full", "none") is None
+    assert combination_problem("customcnn", "full", None) is None

@@ -115,6 +115,10 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         if not Path(weights).is_file():
             raise MedcliError(f"--weights {cfg.weights}: file not found (use imagenet, none or a weights file)")
     check_combination(cfg.backbone, cfg.strategy, None if weights == "none" else weights)
+    if cfg.strategy == "full" and weights == "none":
+        import logging
+
+        logging.getLogger("medcli").warning("strategy 'full' with weights 'none' trains from random initialisation, exactly like 'scratch'")
     if cfg.optimizer not in OPTIMIZERS:
         raise MedcliError(f"--optimizer {cfg.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
     if cfg.monitor not in MONITORS:
