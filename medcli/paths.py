@@ -17,6 +17,7 @@ Layout (see docs/architecture.md for the file formats)::
     <work>/<dataset>/<backbone>__<strategy>/seed-<s>/fold-<k>/checkpoint.pt
                                                        resume state; never a declared output
     <cache>/scan/, <cache>/store/<key>/                decoded-image caches (see medcli.data.store)
+    <logs>/<stage>/<dataset>/<name>.log                 workflow logs (and .benchmark.tsv beside them)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 
 DEFAULT_RESULTS = "results"
 DEFAULT_WORK = "work"
+DEFAULT_LOGS = "logs"
 
 INSPECT_FILE = "inspect.json"
 SPLITS_FILE = "splits.json"
@@ -36,11 +38,36 @@ HISTORY_FILE = "history.csv"
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
 
-_RUN_SUBDIR = "runs/{backbone}__{strategy}/seed-{seed}/fold-{fold}"
-
 
 def _join(*parts: object) -> str:
     return os.path.join(*(str(p) for p in parts))
+
+
+def summary_file(results: str | os.PathLike, ext: str = "md") -> str:
+    """``summary.md`` (and its ``csv`` / ``json`` twins) at the top of the results."""
+    return _join(results, f"summary.{ext}")
+
+
+def summary_figures_dir(results: str | os.PathLike) -> str:
+    return _join(results, "figures")
+
+
+def synth_marker(data_dir: str | os.PathLike) -> str:
+    """Written last by ``medcli data synth``: the generated dataset is complete (and how it was made)."""
+    return _join(data_dir, "synth.json")
+
+
+def weights_marker(work: str | os.PathLike, backbone: str) -> str:
+    """Written by the workflow once a backbone's ImageNet weights are in the torch cache."""
+    return _join(work, "weights", f"{backbone}.done")
+
+
+def log_file(logs: str | os.PathLike, stage: str, dataset: str, name: str = "") -> str:
+    return _join(logs, stage, dataset, f"{name or dataset}.log")
+
+
+def benchmark_file(logs: str | os.PathLike, stage: str, dataset: str, name: str = "") -> str:
+    return _join(logs, stage, dataset, f"{name or dataset}.benchmark.tsv")
 
 
 def dataset_dir(results: str | os.PathLike, dataset: str) -> str:
@@ -60,13 +87,23 @@ def run_name(backbone: str, strategy: str) -> str:
     return f"{backbone}__{strategy}"
 
 
+def run_key(backbone: str, strategy: str, seed: object, fold: object) -> str:
+    """``<backbone>__<strategy>/seed-<s>/fold-<k>``: a run's name below its dataset (run, work and log folders)."""
+    return f"{run_name(backbone, strategy)}/seed-{seed}/fold-{fold}"
+
+
 def run_dir(results: str | os.PathLike, dataset: str, backbone: str, strategy: str, seed: object, fold: object) -> str:
-    return _join(results, dataset, _RUN_SUBDIR.format(backbone=backbone, strategy=strategy, seed=seed, fold=fold))
+    return _join(results, dataset, "runs", run_key(backbone, strategy, seed, fold))
 
 
 def work_dir(work: str | os.PathLike, dataset: str, backbone: str, strategy: str, seed: object, fold: object) -> str:
     """Where a run keeps its resume checkpoint: outside the declared outputs, so a killed job resumes."""
-    return _join(work, dataset, run_name(backbone, strategy), f"seed-{seed}", f"fold-{fold}")
+    return _join(work, dataset, run_key(backbone, strategy, seed, fold))
+
+
+def experiment_file(results: str | os.PathLike) -> str:
+    """The resolved workflow config and its grid (cells, skipped cells with reasons), for the report."""
+    return _join(results, "experiment.json")
 
 
 def config_file(run: str | os.PathLike) -> str:
@@ -125,5 +162,5 @@ def parse_run_dir(path: str | os.PathLike) -> RunKey:
     """Inverse of :func:`run_dir` (the results root is ignored)."""
     m = _RUN_RE.search(Path(path).as_posix())
     if not m:
-        raise ValueError(f"{path} is not a run directory (<dataset>/{_RUN_SUBDIR})")
+        raise ValueError(f"{path} is not a run directory (<dataset>/runs/{run_key('<backbone>', '<strategy>', '<s>', '<k>')})")
     return RunKey(m["dataset"], m["backbone"], m["strategy"], int(m["seed"]), int(m["fold"]))

@@ -147,6 +147,9 @@ def make_synthetic(
 
     rng = np.random.default_rng(seed)
     names = class_names(n_classes, signal)
+    settings = {"layout": layout, "n_classes": n_classes, "per_class": per_class, "size": size, "channels": channels,
+                "signal": signal, "noise": noise, "seed": seed, "per_group": per_group,
+                "val_fraction": val_fraction, "test_fraction": test_fraction}
     records = []  # (class index, group, split, image)
     for k in range(n_classes):
         n_groups = -(-per_class // per_group)
@@ -168,7 +171,7 @@ def make_synthetic(
                 arrays[f"{split}_labels"] = np.array([[r[0]] for r in rows], dtype=np.int64)
         path = out / "dataset.npz"
         np.savez_compressed(path, **arrays)
-        return path
+        return _finish(out, path, settings)
 
     from PIL import Image
 
@@ -189,8 +192,17 @@ def make_synthetic(
             writer = csv.writer(fh)
             writer.writerow(["path", "label", "group", "split"])
             writer.writerows(manifest)
-        return path
-    return out
+        return _finish(out, path, settings)
+    return _finish(out, out, settings)
+
+
+def _finish(out: Path, dataset: Path, settings: dict) -> Path:
+    """Record how the dataset was made; the file appears last, so its presence means the dataset is complete."""
+    from .._io import write_json
+    from ..paths import synth_marker
+
+    write_json(synth_marker(out), {"format": "medcli.synth/1", "dataset": dataset.name, **settings})
+    return dataset
 
 
 def _class_splits(rng: np.random.Generator, n_groups: int, val_fraction: float, test_fraction: float) -> list[str]:

@@ -1,0 +1,196 @@
+"""The experiment grid described by the workflow's ``config.yaml``.
+
+``workflow/rules/common.smk`` (the Snakemake side) and ``medcli report`` (which lists skipped and missing cells)
+both expand the grid here, so they can never disagree about which runs exist. Config keys are documented in
+``workflow/schemas/config.schema.yaml`` and in the README.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__, paths
+from .errors import MedcliError
+
+PRETRAIN_DATASET = "_pretrain"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the grid."""
+
+    dataset: str
+    backbone: str
+    strategy: str
+    seed: int
+    fold: int
+    weights: str  # "none", "imagenet", "pretrained" (the demo's pretraining step) or a file
+
+    @property
+    def config_name(self) -> str:
+        return paths.run_name(self.backbone, self.strategy)
+
+
+@dataclass
+class Grid:
+    cells: list[Cell] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # {dataset, backbone, strategy, reason}
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    import yaml
+
+    try:
+        with open(path) as fh:
+            return yaml.safe_load(fh) or {}
+    except FileNotFoundError:
+        raise MedcliError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise MedcliError(f"{path}: not valid YAML ({exc})") from None
+
+
+def folds_of(config: dict, dataset: str) -> list[int]:
+    k = int(config["datasets"][dataset].get("folds", 5))
+    return list(range(max(k, 1)))
+
+
+def weights_for(config: dict, backbone: str, strategy: str) -> str:
+    """The weights a cell starts from: none for scratch, else the backbone's or the global ``weights``."""
+    from .models import get_backbone
+
+    if strategy == "scratch":
+        return "none"
+    spec = str((config.get("backbones") or {}).get(backbone, {}).get("weights", config.get("weights", "imagenet")))
+    if spec == "imagenet" and get_backbone(backbone).imagenet_weights is None and config.get("pretrain"):
+        return "pretrained"
+    return spec
+
+
+def expand_grid(config: dict) -> Grid:
+    """Every valid cell of datasets × backbones × strategies × seeds × folds, and the skipped ones with reasons."""
+    from .strategies import combination_problem
+
+    grid = Grid()
+    for dataset in config["datasets"]:
+        for backbone in config["backbones"]:
+            for strategy in config["strategies"]:
+                weights = weights_for(config, backbone, strategy)
+                if weights == "pretrained" and not config.get("pretrain"):
+                    reason = "weights 'pretrained' need a 'pretrain' section in the config"
+                elif strategy == "full" and weights == "none":
+                    reason = "full fine-tuning from random weights duplicates 'scratch'"
+                else:
+                    reason = combination_problem(backbone, strategy, None if weights == "none" else weights)
+                if reason:
+                    grid.skipped.append({"dataset": dataset, "backbone": backbone, "strategy": strategy, "reason": reason})
+                    continue
+                for seed in config["seeds"]:
+                    for fold in folds_of(config, dataset):
+                        grid.cells.append(Cell(dataset, backbone, strategy, int(seed), fold, weights))
+    return grid
+
+
+def train_settings(config: dict, cell: Cell) -> dict[str, Any]:
+    """Training settings of one cell: global ``train`` defaults < dataset < backbone < strategy overrides."""
+    settings: dict[str, Any] = dict(config.get("train") or {})
+    for scope in (config["datasets"][cell.dataset].get("train"), (config.get("backbones") or {}).get(cell.backbone), (config.get("strategies") or {}).get(cell.strategy)):
+        for key, value in (scope or {}).items():
+            if key != "weights":
+                settings[key] = value
+    return settings
+
+
+def train_args(config: dict, cell: Cell) -> str:
+    """The ``medcli train`` options of one cell (beyond data, splits, fold, seed, weights and output folders)."""
+    return _format_train_args(cell.backbone, cell.strategy, train_settings(config, cell))
+
+
+def _format_train_args(backbone: str, strategy: str, settings: dict[str, Any]) -> str:
+    args = [f"--backbone {backbone}", f"--strategy {strategy}"]
+    for key, value in sorted(settings.items()):
+        name = key.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(f"--{name}" if value else f"--no-{name}")
+        else:
+            args.append(f"--{name} {_quote(value)}")
+    return " ".join(args)
+
+
+def dataset_args(config: dict, dataset: str) -> str:
+    """Options that say how to read a dataset (layout, class aliases)."""
+    spec = config["datasets"][dataset]
+    args = [f"--layout {spec.get('layout', 'auto')}"]
+    for raw, canonical in sorted((spec.get("aliases") or {}).items()):
+        args.append(f"--alias {_quote(f'{raw}={canonical}')}")
+    return " ".join(args)
+
+
+def dataset_path(config: dict, dataset: str) -> str:
+    """Where a dataset lives: its ``path``, or the folder its ``synth`` section is generated into."""
+    if dataset == PRETRAIN_DATASET or config["datasets"][dataset].get("synth"):
+        return os.path.join(config.get("work", paths.DEFAULT_WORK), "data", dataset)
+    return str(config["datasets"][dataset]["path"])
+
+
+def rerun_token(config: dict) -> str:
+    """Changes to this string (medcli's version, or the config's ``rerun_token``) make every job rerun."""
+    return f"{__version__}:{config.get('rerun_token', '')}"
+
+
+def _quote(value: object) -> str:
+    import shlex
+
+    return shlex.quote(str(value))
+
+
+def missing_runs(config: dict, results: str | os.PathLike) -> list[Cell]:
+    """Cells of the grid whose run folder has no model (a failed or not yet finished job)."""
+    grid = expand_grid(config)
+    return [c for c in grid.cells if not Path(paths.model_file(paths.run_dir(results, c.dataset, c.backbone, c.strategy, c.seed, c.fold))).exists()]
+
+
+def synth_args(spec: dict) -> str:
+    """``medcli data synth`` options from a config ``synth`` section."""
+    names = {"classes": "--classes", "per_class": "--per-class", "size": "--size", "channels": "--channels", "signal": "--signal",
+             "noise": "--noise", "per_group": "--per-group", "seed": "--seed", "layout": "--layout"}
+    return " ".join(f"{names[k]} {_quote(v)}" for k, v in sorted(spec.items()))
+
+
+def split_args(config: dict, dataset: str) -> str:
+    spec = config["datasets"][dataset]
+    args = [f"--folds {int(spec.get('folds', 5))}", f"--seed {int(spec.get('split_seed', 0))}",
+            f"--test-fraction {float(spec.get('test_fraction', 0.2))}"]
+    if spec.get("drop_test_duplicates"):
+        args.append("--drop-test-duplicates")
+    if spec.get("skip_bad"):
+        args.append("--skip-bad")
+    return " ".join(args)
+
+
+def pretrain_args(config: dict, backbone: str) -> str:
+    """The demo's pretraining run: the backbone from scratch on the synthetic source task."""
+    settings: dict[str, Any] = dict(config.get("train") or {})
+    settings.update({k: v for k, v in ((config.get("backbones") or {}).get(backbone) or {}).items() if k != "weights"})
+    settings["epochs"] = int(config["pretrain"].get("epochs", 10))
+    settings["channels"] = int(config["pretrain"]["synth"].get("channels", settings.get("channels", 3)))
+    return _format_train_args(backbone, "scratch", settings) + " --weights none"
+
+
+def describe(config: dict, grid: Grid) -> str:
+    """The experiment as JSON: resolved config, its hash, the cells and the skipped cells with reasons."""
+    import hashlib
+    import json
+
+    body = json.dumps(config, sort_keys=True, default=str)
+    return json.dumps({
+        "format": "medcli.experiment/1",
+        "medcli_version": __version__,
+        "config": config,
+        "config_hash": "sha256:" + hashlib.sha256(body.encode()).hexdigest(),
+        "cells": [c.__dict__ for c in grid.cells],
+        "skipped": grid.skipped,
+        "pretraining": config.get("pretrain"),
+    }, sort_keys=True, default=str)

@@ -1,0 +1,139 @@
+"""The Snakemake workflow: config validation, the grid, rerun triggers, a dry run and a real tiny run."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medcli import paths
+from medcli import workflow as wf
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "slurm" / "config.yaml"
+
+
+def _snakemake(tmp_path: Path, *args: str, config: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    if config is not None:
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "MEDCLI_NO_PROGRESS": "1"}
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--configfile", "config.yaml", *args]
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def _demo() -> dict:
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def test_demo_config_dry_run_builds_the_whole_dag(tmp_path):
+    proc = _snakemake(tmp_path, "-n", "--cores", "2", config=_demo())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    grid = wf.expand_grid(_demo())
+    assert f"train {len(grid.cells):>12}".replace(" ", "") in out.replace(" ", "")
+    assert "pretrain" in out and "report" in out
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c.update(colour="blue"), "colour"),
+        (lambda c: c["train"].update(epochs="many"), "many"),
+        (lambda c: c["datasets"]["demo"].update(folds=1), "folds"),
+        (lambda c: c["strategies"].update(finetune={}), "finetune"),
+    ],
+)
+def test_config_schema_rejects_unknown_keys_and_wrong_types(tmp_path, edit, message):
+    config = _demo()
+    edit(config)
+    proc = _snakemake(tmp_path, "-n", "--cores", "1", config=config)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+
+
+def test_workflow_lints_clean():
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--snakefile", str(REPO / "Snakefile")], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def test_invalid_cells_are_skipped_with_a_reason():
+    config = _demo()
+    config["weights"] = "none"
+    config.pop("pretrain")
+    config["strategies"] = {"scratch": {}, "linear": {}, "full": {}}
+    grid = wf.expand_grid(config)
+    reasons = {(s["backbone"], s["strategy"]): s["reason"] for s in grid.skipped}
+    assert "random features" in reasons[("resnet18", "linear")]
+    assert "duplicates 'scratch'" in reasons[("customcnn", "full")]
+    assert {c.strategy for c in grid.cells} == {"scratch"}
+    assert len(grid.cells) == 2 * 2 * 3  # backbones x seeds x folds
+
+
+def test_train_arguments_merge_defaults_and_overrides():
+    config = _demo()
+    config["backbones"]["resnet18"] = {"img_size": 96, "head": "mlp"}
+    cell = wf.Cell("demo", "resnet18", "linear", 0, 1, "pretrained")
+    args = wf.train_args(config, cell)
+    assert "--img-size 96" in args and "--head mlp" in args and "--lr 0.003" in args and "--epochs 6" in args
+
+
+def test_rerun_triggers_only_on_relevant_changes():
+    config = _demo()
+    cell = wf.expand_grid(config).cells[0]
+    before = (wf.train_args(config, cell), wf.rerun_token(config))
+    unrelated = copy.deepcopy(config)
+    unrelated["report"]["primary_metric"] = "macro_f1"
+    unrelated["eval"]["bootstrap"] = 50
+    assert (wf.train_args(unrelated, cell), wf.rerun_token(unrelated)) == before
+    knob = copy.deepcopy(config)
+    knob["rerun_token"] = "new-augmentation"
+    assert wf.rerun_token(knob) != before[1]
+    changed = copy.deepcopy(config)
+    changed["train"]["epochs"] = 7
+    assert wf.train_args(changed, cell) != before[0]
+
+
+def test_big_grid_dry_run_is_quick(tmp_path):
+    config = yaml.safe_load(TINY.read_text())
+    config["datasets"] = {"a": {"path": str(tmp_path / "a"), "folds": 5}, "b": {"path": str(tmp_path / "b"), "folds": 5}}
+    config["weights"] = "imagenet"
+    config["backbones"] = {"resnet18": {}, "resnet50": {}, "densenet121": {}, "efficientnet_b0": {}}
+    config["strategies"] = {"scratch": {}, "linear": {}, "partial": {}, "full": {}, "two-phase": {}}
+    config["seeds"] = [0, 1, 2]
+    assert len(wf.expand_grid(config).cells) == 600
+    proc = _snakemake(tmp_path, "-n", "--cores", "1", "--quiet", config=config, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_tiny_workflow_runs_locally_and_resumes_nothing_twice(tmp_path):
+    shutil.copy(TINY, tmp_path / "config.yaml")
+    proc = _snakemake(tmp_path, "--cores", "2")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = (tmp_path / "results" / "summary.md").read_text()
+    assert "customcnn" in summary
+    run = Path(tmp_path, paths.run_dir("results", "tiny", "customcnn", "scratch", 0, 1))
+    assert (run / "metrics" / "test.json").exists()
+    assert list((tmp_path / "logs" / "train" / "tiny").rglob("*.log"))
+    again = _snakemake(tmp_path, "--cores", "2")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_per_training_job(tmp_path):
+    """gpus_per_job: 2 launches one process per GPU; on a CPU machine the same path runs over gloo."""
+    config = yaml.safe_load(TINY.read_text())
+    config["resources"]["gpus_per_job"] = 2
+    target = paths.model_file(paths.run_dir("results", "tiny", "customcnn", "scratch", 0, 0))
+    proc = _snakemake(tmp_path, "--cores", "2", target, config=config)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    import json
+
+    summary = json.loads(Path(tmp_path, paths.config_file(paths.run_dir("results", "tiny", "customcnn", "scratch", 0, 0))).read_text())["summary"]
+    assert summary["num_processes"] == 2

@@ -1,0 +1,114 @@
+# Config validation, the experiment grid and every path pattern, all from medcli itself.
+
+import os
+
+from snakemake.utils import validate
+
+from medcli import paths
+from medcli import workflow as grid_lib
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+RESULTS = config["results"]
+WORK = config["work"]
+LOGS = config["logs"]
+CACHE = config["cache"]
+GRID = grid_lib.expand_grid(config)
+RERUN = grid_lib.rerun_token(config)
+SUMMARY = paths.summary_file(RESULTS)
+RUN = paths.run_dir(RESULTS, "{dataset}", "{backbone}", "{strategy}", "{seed}", "{fold}")
+RUN_NAME = paths.run_key("{backbone}", "{strategy}", "{seed}", "{fold}")
+GPUS = int(config["resources"].get("gpus_per_job", 0))
+
+for skipped in GRID.skipped:
+    logger.info(f"skipping {skipped['dataset']}/{skipped['backbone']}__{skipped['strategy']}: {skipped['reason']}")
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9][^/]*",  # "_pretrain" (the demo's pretraining runs) belongs to rule pretrain
+    backbone=r"[^/]+?",
+    strategy="|".join(sorted(config["strategies"])) or "-",
+    seed=r"-?\d+",
+    fold=r"\d+",
+
+
+def resources_of(stage):
+    """Per-stage resources from config['resources'], merged over its defaults."""
+    res = dict(config["resources"]["default"])
+    res.update(config["resources"].get(stage) or {})
+    return res
+
+
+def runtime(stage):
+    base = int(resources_of(stage)["runtime"])
+    return lambda wildcards, attempt: base * attempt
+
+
+def mem_mb(stage):
+    base = int(resources_of(stage)["mem_mb"])
+    return lambda wildcards, attempt: base * attempt
+
+
+def cell_of(wildcards):
+    for cell in GRID.cells:
+        if (cell.dataset, cell.backbone, cell.strategy, str(cell.seed), str(cell.fold)) == (
+            wildcards.dataset, wildcards.backbone, wildcards.strategy, str(wildcards.seed), str(wildcards.fold)
+        ):
+            return cell
+    raise ValueError(f"no grid cell for {dict(wildcards)}")
+
+
+def run_dir(wildcards):
+    return paths.run_dir(RESULTS, wildcards.dataset, wildcards.backbone, wildcards.strategy, wildcards.seed, wildcards.fold)
+
+
+def dataset_input(wildcards):
+    """A generated dataset (``synth:``) is a rule output; a user's dataset is just a path."""
+    if config["datasets"][wildcards.dataset].get("synth"):
+        return paths.synth_marker(grid_lib.dataset_path(config, wildcards.dataset))
+    return []
+
+
+def weights_input(wildcards):
+    cell = cell_of(wildcards)
+    if cell.weights == "pretrained":
+        return paths.model_file(paths.run_dir(RESULTS, grid_lib.PRETRAIN_DATASET, wildcards.backbone, "scratch", 0, 0))
+    if cell.weights == "imagenet":
+        return paths.weights_marker(WORK, wildcards.backbone)
+    return []
+
+
+def weights_arg(wildcards, input):
+    cell = cell_of(wildcards)
+    if cell.weights == "pretrained":
+        return input.weights
+    return cell.weights
+
+
+# One process, or one per GPU (data parallel). torchrun --standalone rendezvouses on a free local port, so
+# several jobs sharing a node never collide on a fixed port.
+LAUNCH = "medcli" if GPUS <= 1 else f"python -m torch.distributed.run --standalone --nproc_per_node {GPUS} -m medcli"
+
+
+def gpu_resources():
+    """SLURM GPU request: the executor plugin reads `gpu` (+ `gpu_model`); it ignores `gpus`."""
+    if GPUS <= 0:
+        return {}
+    res = {"gpu": GPUS}
+    if config["resources"].get("gpu_model"):
+        res["gpu_model"] = config["resources"]["gpu_model"]
+    return res
+
+
+def synth_args(dataset):
+    spec = config["pretrain"]["synth"] if dataset == grid_lib.PRETRAIN_DATASET else config["datasets"][dataset]["synth"]
+    return grid_lib.synth_args(spec)
+
+
+def eval_args():
+    spec = config.get("eval") or {}
+    args = f"--bootstrap {int(spec.get('bootstrap', 1000))}"
+    return args + (" --tta" if spec.get("tta") else "")
+
+
+def all_runs(stage_file):
+    return [stage_file(paths.run_dir(RESULTS, c.dataset, c.backbone, c.strategy, c.seed, c.fold)) for c in GRID.cells]
