@@ -17,13 +17,13 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
+CORES ?= 2
+
 run: $(STAMP)
-	$(VENV)/bin/medcli data synth demo/data --layout presplit --classes 3 --per-class 60 --size 64 --overwrite
-	$(VENV)/bin/medcli data inspect demo/data --json results/demo/inspect.json
-	$(VENV)/bin/medcli split demo/data --folds 5 --seed 0 --out results/demo/splits.json
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" MEDCLI_NO_PROGRESS=1 $(VENV)/bin/snakemake --cores $(CORES)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) demo results/demo
+	rm -rf $(VENV) work logs .snakemake results/*/ results/summary.* results/experiment.json results/figures
