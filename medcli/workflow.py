@@ -176,6 +176,7 @@ def pretrain_args(config: dict, backbone: str) -> str:
     settings.update({k: v for k, v in ((config.get("backbones") or {}).get(backbone) or {}).items() if k != "weights"})
     settings["epochs"] = int(config["pretrain"].get("epochs", 10))
     settings["channels"] = int(config["pretrain"]["synth"].get("channels", settings.get("channels", 3)))
+    settings.update(config["pretrain"].get("train") or {})
     return _format_train_args(backbone, "scratch", settings) + " --weights none"
 
 

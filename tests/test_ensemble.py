@@ -1,0 +1,98 @@
+"""Ensembles fitted on out-of-fold predictions: they help when members err differently, never trail the
+best member on OOF data when fitted, and never look at test labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medcli.ensemble import METHODS, Member, fit_ensemble, fold_ensemble, log_loss
+from medcli.errors import MedcliError
+
+
+def _onehot(y, c):
+    return np.eye(c)[y]
+
+
+def _complementary(n=600, c=3, seed=0):
+    """Two members, each reliable on a different half of the data and guessing on the other half."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    half = rng.random(n) < 0.5
+    members = []
+    for good in (half, ~half):
+        noise = rng.dirichlet(np.ones(c), n)
+        p = np.where(good[:, None], 0.75 * _onehot(y, c) + 0.25 * noise, noise)
+        members.append(p / p.sum(1, keepdims=True))
+    return y, members
+
+
+def _accuracy(y, p):
+    return float((p.argmax(1) == y).mean())
+
+
+@pytest.mark.parametrize("method", ["mean", "weighted", "stacking"])
+def test_complementary_members_are_beaten_by_the_ensemble(method):
+    y, probs = _complementary(seed=1)
+    y_test, probs_test = _complementary(seed=2)
+    members = [Member(f"m{k}", p, pt) for k, (p, pt) in enumerate(zip(probs, probs_test))]
+    fitted = fit_ensemble(method, members, y)
+    ens = fitted.predict([m.test for m in members])
+    assert np.allclose(ens.sum(1), 1)
+    for m in members:
+        assert _accuracy(y_test, ens) > _accuracy(y_test, m.test) + 0.1
+
+
+@pytest.mark.parametrize("method", ["weighted", "greedy"])
+def test_fitted_ensembles_never_trail_the_strong_member_on_oof(method):
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, 400)
+    strong = 0.8 * _onehot(y, 4) + 0.2 * rng.dirichlet(np.ones(4), 400)
+    noise = rng.dirichlet(np.ones(4), 400)
+    members = [Member("noise", noise, noise), Member("strong", strong, strong)]
+    fitted = fit_ensemble(method, members, y)
+    ens = fitted.predict([m.oof for m in members])
+    assert log_loss(y, ens) <= log_loss(y, strong) + 1e-9
+    assert fitted.weights[1] > 0.9
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_test_labels_and_predictions_never_influence_the_fit(method):
+    y, probs = _complementary(seed=4)
+    rng = np.random.default_rng(5)
+    a = [Member(f"m{k}", p, rng.dirichlet(np.ones(3), 50)) for k, p in enumerate(probs)]
+    b = [Member(f"m{k}", p, rng.dirichlet(np.ones(3), 50)) for k, p in enumerate(probs)]  # other "test" data
+    fa, fb = fit_ensemble(method, a, y), fit_ensemble(method, b, y)
+    assert fa.weights == fb.weights and fa.selected == fb.selected
+    assert np.allclose(fa.predict([m.oof for m in a]), fb.predict([m.oof for m in b]))
+
+
+def test_vote_breaks_ties_by_mean_probability_deterministically():
+    p1 = np.array([[0.6, 0.4], [0.9, 0.1]])
+    p2 = np.array([[0.45, 0.55], [0.2, 0.8]])
+    fitted = fit_ensemble("vote", [Member("a", p1, p1), Member("b", p2, p2)], np.array([0, 1]))
+    out = fitted.predict([p1, p2])
+    # row 0: one vote each; mean probs (0.525, 0.475) -> class 0. row 1: mean (0.55, 0.45) -> class 0.
+    assert out.argmax(1).tolist() == [0, 0]
+    assert np.array_equal(out, fitted.predict([p1, p2]))
+
+
+def test_fold_ensemble_of_identical_models_equals_one_model():
+    p = np.random.default_rng(0).dirichlet(np.ones(3), 20)
+    assert np.allclose(fold_ensemble([p, p.copy(), p.copy()]), p)
+
+
+def test_greedy_selects_with_replacement_and_starts_from_the_best():
+    y, probs = _complementary(seed=6)
+    weak = np.full_like(probs[0], 1 / 3)
+    members = [Member("weak", weak, weak), Member("a", probs[0], probs[0]), Member("b", probs[1], probs[1])]
+    fitted = fit_ensemble("greedy", members, y)
+    losses = [log_loss(y, m.oof) for m in members]
+    assert fitted.selected[0] == members[int(np.argmin(losses))].name
+    assert "weak" not in fitted.selected
+    assert abs(sum(fitted.weights) - 1) < 1e-9
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(MedcliError, match="unknown ensemble method 'best'"):
+        fit_ensemble("best", [Member("a", np.eye(2), np.eye(2))], np.array([0, 1]))
