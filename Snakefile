@@ -29,6 +29,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/weights.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/eval.smk"
+include: "workflow/rules/ensemble.smk"
 include: "workflow/rules/report.smk"
 
 

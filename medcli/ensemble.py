@@ -175,8 +175,122 @@ def fit_ensemble(method: str, members: list[Member], y_oof: np.ndarray, seed: in
     return get_method(method)([m.oof for m in members], np.asarray(y_oof), [m.name for m in members], seed=seed)
 
 
+def cross_fitted_oof(method: str, members: list[Member], y_oof: np.ndarray, seed: int = 0, folds: int = 5) -> np.ndarray:
+    """Honest OOF predictions of the ensemble itself: fitted on 4/5 of the OOF rows, applied to the rest.
+
+    Methods without parameters (mean, vote) need no cross-fitting; for the others, scoring the fit on its own
+    training rows would flatter it (a stacker can reach 100 %).
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    y_oof = np.asarray(y_oof)
+    if method in ("mean", "vote"):
+        return fit_ensemble(method, members, y_oof, seed).predict([m.oof for m in members])
+    counts = np.bincount(y_oof)
+    k = int(max(2, min(folds, counts[counts > 0].min())))
+    out = np.zeros_like(members[0].oof)
+    for fit_rows, held in StratifiedKFold(k, shuffle=True, random_state=seed).split(members[0].oof, y_oof):
+        part = [Member(m.name, m.oof[fit_rows], m.test) for m in members]
+        out[held] = fit_ensemble(method, part, y_oof[fit_rows], seed).predict([m.oof[held] for m in members])
+    return out
+
+
 def fold_ensemble(test_probs: list[np.ndarray]) -> np.ndarray:
     """A configuration's fold models averaged on the test set (rows already aligned)."""
     if not test_probs:
         raise MedcliError("a fold ensemble needs at least one fold model")
     return np.mean(np.stack(test_probs), axis=0)
+
+
+# --- building ensembles from run folders ------------------------------------------------------------------
+
+
+def member_configs(results, dataset: str, seed: int) -> list[str]:
+    """Configurations (``backbone__strategy``) of ``dataset`` with at least one run of ``seed``."""
+    import glob
+    import os
+
+    from . import paths
+
+    pattern = os.path.join(glob.escape(os.path.join(str(results), dataset, "runs")), "*", f"seed-{seed}")
+    return sorted(os.path.basename(os.path.dirname(p)) for p in glob.glob(pattern))
+
+
+def load_member(results, dataset: str, config: str, seed: int, n_folds: int, classes: list[str]):
+    """OOF frame (id → label, probs) from the K fold runs' val predictions, and the fold-ensemble test frame."""
+    import os
+
+    import pandas as pd
+
+    from . import paths
+
+    backbone, strategy = config.split("__", 1)
+    cols = [f"prob_{c}" for c in classes]
+    oof, tests = [], []
+    for fold in range(n_folds):
+        run = paths.run_dir(results, dataset, backbone, strategy, seed, fold)
+        val_path, test_path = paths.predictions_file(run, "val"), paths.predictions_file(run, "test")
+        if not os.path.exists(val_path) or not os.path.exists(test_path):
+            raise MedcliError(f"{run}: missing predictions (train and `medcli eval` every fold of {config} seed {seed} first)")
+        oof.append(pd.read_csv(val_path, dtype={"id": str, "label": str}).set_index("id"))
+        tests.append(pd.read_csv(test_path, dtype={"id": str, "label": str}).set_index("id").sort_index())
+    oof_frame = pd.concat(oof).sort_index()
+    if oof_frame.index.duplicated().any():
+        raise MedcliError(f"{config} seed {seed}: an image is in two validation folds; the splits are broken")
+    test_frame = tests[0][["path", "label"]].copy()
+    test_frame[cols] = fold_ensemble([t.loc[test_frame.index, cols].to_numpy() for t in tests])
+    return oof_frame[["path", "label", *cols]], test_frame
+
+
+def build_ensemble(results, dataset: str, members: list[str], method: str, seed: int, *, name: str = "ensemble",
+                   n_bootstrap: int = 1000) -> dict:
+    """Fit ``method`` on the members' OOF predictions, score it on the test set, write it like a run."""
+    import json
+    import os
+
+    from . import paths
+    from ._io import read_json, write_json
+    from .evaluation.bootstrap import bootstrap_ci, headline_metric_fns
+    from .evaluation.metrics import compute_metrics
+    from .training.outputs import versions, write_predictions
+
+    get_method(method)
+    splits = read_json(paths.splits_file(results, dataset))
+    classes, n_folds = splits["classes"], len(splits["folds"])
+    index = {c: k for k, c in enumerate(classes)}
+    cols = [f"prob_{c}" for c in classes]
+    loaded = {m: load_member(results, dataset, m, seed, n_folds, classes) for m in members}
+    oof_ids = sorted(set.intersection(*(set(o.index) for o, _ in loaded.values())))
+    test_ids = sorted(set.intersection(*(set(t.index) for _, t in loaded.values())))
+    first_oof, first_test = next(iter(loaded.values()))
+    y_oof = first_oof.loc[oof_ids, "label"].map(index).to_numpy()
+    y_test = first_test.loc[test_ids, "label"].map(index).to_numpy()
+    member_list = [Member(m, o.loc[oof_ids, cols].to_numpy(), t.loc[test_ids, cols].to_numpy()) for m, (o, t) in loaded.items()]
+    fitted = fit_ensemble(method, member_list, y_oof, seed=seed)
+    oof_probs = cross_fitted_oof(method, member_list, y_oof, seed=seed)
+    test_probs = fitted.predict([m.test for m in member_list])
+
+    out = paths.ensemble_dir(results, dataset, name, method, seed)
+    for split, ids, y, probs, frame in (("val", oof_ids, y_oof, oof_probs, first_oof), ("test", test_ids, y_test, test_probs, first_test)):
+        logits = np.log(np.clip(probs, _EPS, 1.0))
+        write_predictions(paths.predictions_file(out, split), ids, list(frame.loc[ids, "path"]), y, logits, classes,
+                          fold=-1, seed=seed, split=split, probs=probs)
+        metrics = compute_metrics(y, probs, classes)
+        ci = bootstrap_ci(y, probs, headline_metric_fns(classes), n_resamples=n_bootstrap, seed=seed) if split == "test" and n_bootstrap else {}
+        doc = {"format": "medcli.metrics/1", "run": {"dataset_name": dataset, "backbone": name, "strategy": method, "seed": seed, "fold": None},
+               "split": split, "n": len(y), "classes": classes, "tta": False, "metrics": metrics, "threshold": None,
+               "calibration": None, "ci": ci, "external": None, "versions": versions(),
+               "note": "val = out-of-fold predictions; fitted methods are cross-fitted (5-fold) on them" if split == "val" else None}
+        write_json(paths.metrics_file(out, split), json.loads(json.dumps(doc, default=float).replace("NaN", "null")))
+
+    member_scores = {m.name: {"balanced_accuracy": compute_metrics(y_oof, m.oof, classes)["balanced_accuracy"], "log_loss": log_loss(y_oof, m.oof)} for m in member_list}
+    best = max(member_scores, key=lambda k: member_scores[k]["balanced_accuracy"])
+    ens_oof = {"balanced_accuracy": compute_metrics(y_oof, oof_probs, classes)["balanced_accuracy"], "log_loss": log_loss(y_oof, oof_probs)}
+    line = (f"OOF balanced accuracy {ens_oof['balanced_accuracy']:.3f} (log-loss {ens_oof['log_loss']:.3f}) vs best member "
+            f"{best} {member_scores[best]['balanced_accuracy']:.3f} (log-loss {member_scores[best]['log_loss']:.3f})")
+    summary = {"format": "medcli.ensemble/1", "dataset": dataset, "name": name, "method": method, "seed": seed,
+               "members": fitted.members, "weights": fitted.weights, "selected": fitted.selected, "details": fitted.details,
+               "fitted_on": "out-of-fold validation predictions", "n_oof": len(oof_ids), "n_test": len(test_ids),
+               "oof": {"ensemble": ens_oof, "members": member_scores, "best_member": best}, "statement": line}
+    write_json(paths.ensemble_file(out), json.loads(json.dumps(summary, default=float)))
+    return summary

@@ -101,6 +101,15 @@ def work_dir(work: str | os.PathLike, dataset: str, backbone: str, strategy: str
     return _join(work, dataset, run_key(backbone, strategy, seed, fold))
 
 
+def ensemble_dir(results: str | os.PathLike, dataset: str, name: str, method: str, seed: object) -> str:
+    """``<dataset>/ensembles/<name>__<method>/seed-<s>/``: same files as a run (predictions/, metrics/)."""
+    return _join(results, dataset, "ensembles", f"{name}__{method}", f"seed-{seed}")
+
+
+def ensemble_file(ens_dir: str | os.PathLike) -> str:
+    return _join(ens_dir, "ensemble.json")
+
+
 def experiment_file(results: str | os.PathLike) -> str:
     """The resolved workflow config and its grid (cells, skipped cells with reasons), for the report."""
     return _join(results, "experiment.json")

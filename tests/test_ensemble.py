@@ -96,3 +96,51 @@ def test_greedy_selects_with_replacement_and_starts_from_the_best():
 def test_unknown_method_is_refused():
     with pytest.raises(MedcliError, match="unknown ensemble method 'best'"):
         fit_ensemble("best", [Member("a", np.eye(2), np.eye(2))], np.array([0, 1]))
+
+
+def _write_runs(results, y_dev, y_test, members, seed=0, folds=2):
+    """Run folders holding only what ensembles read: val/test predictions, plus splits.json."""
+    import csv
+    import json
+    from pathlib import Path
+
+    from medcli import paths
+
+    classes = ["a", "b", "c"]
+    dev_ids = [f"d{i:03d}" for i in range(len(y_dev))]
+    test_ids = [f"t{i:03d}" for i in range(len(y_test))]
+    fold_of = np.arange(len(y_dev)) % folds
+    Path(paths.splits_file(results, "ds")).parent.mkdir(parents=True, exist_ok=True)
+    Path(paths.splits_file(results, "ds")).write_text(json.dumps({"classes": classes, "folds": [
+        {"fold": k, "train": [i for i, f in zip(dev_ids, fold_of) if f != k], "val": [i for i, f in zip(dev_ids, fold_of) if f == k]} for k in range(folds)]}))
+    for config, (oof, test) in members.items():
+        backbone, strategy = config.split("__")
+        for k in range(folds):
+            run = paths.run_dir(results, "ds", backbone, strategy, seed, k)
+            for split, ids, y, p in (("val", [i for i, f in zip(dev_ids, fold_of) if f == k], y_dev[fold_of == k], oof[fold_of == k]), ("test", test_ids, y_test, test)):
+                path = Path(paths.predictions_file(run, split))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "w", newline="") as fh:
+                    w = csv.writer(fh)
+                    w.writerow(["id", "path", "label", *(f"prob_{c}" for c in classes)])
+                    for i, label, row in zip(ids, y, p):
+                        w.writerow([i, f"/x/{i}.png", classes[label], *row])
+
+
+def test_build_ensemble_from_run_folders_writes_eval_format_and_the_oof_check(tmp_path):
+    import json
+
+    from medcli import paths
+    from medcli.ensemble import build_ensemble
+
+    y_dev, (p1, p2) = _complementary(n=120, seed=7)
+    y_test, (t1, t2) = _complementary(n=60, seed=8)
+    _write_runs(tmp_path, y_dev, y_test, {"r__full": (p1, t1), "c__scratch": (p2, t2)})
+    summary = build_ensemble(tmp_path, "ds", ["r__full", "c__scratch"], "greedy", 0, name="pair", n_bootstrap=50)
+    out = paths.ensemble_dir(tmp_path, "ds", "pair", "greedy", 0)
+    doc = json.loads(open(paths.metrics_file(out, "test")).read())
+    assert doc["format"] == "medcli.metrics/1" and doc["n"] == 60 and "balanced_accuracy" in doc["ci"]
+    assert summary["oof"]["ensemble"]["log_loss"] <= min(m["log_loss"] for m in summary["oof"]["members"].values()) + 0.05
+    assert "vs best member" in summary["statement"]
+    with pytest.raises(MedcliError, match="missing predictions"):
+        build_ensemble(tmp_path, "ds", ["r__full", "nope__linear"], "mean", 0)

@@ -131,6 +131,7 @@ def summarize_dataset(runs: pd.DataFrame, primary: str, reference: str | None, n
                            "confusion": pooled_metrics["confusion_matrix"]["counts"]}
         rows.append(row)
 
+    rows += _ensemble_rows(runs.iloc[0]["run"], runs.iloc[0]["dataset"], classes, primary, n_bootstrap)
     higher = primary not in LOWER_IS_BETTER
     rows.sort(key=lambda r: (r["cv"][primary]["mean"] is None, -(r["cv"][primary]["mean"] or 0) if higher else (r["cv"][primary]["mean"] or 0)))
     configs = [r["config"] for r in rows]
@@ -141,7 +142,7 @@ def summarize_dataset(runs: pd.DataFrame, primary: str, reference: str | None, n
         note = f"reference {reference!r} has no runs; compared with {ref!r} instead"
     tests = []
     for r in rows:
-        if r["config"] == ref:
+        if r["config"] == ref or r.get("ensemble"):
             r["comparison"] = None
             continue
         diffs, keys = paired_differences(scores[r["config"]], scores[ref])
@@ -153,6 +154,43 @@ def summarize_dataset(runs: pd.DataFrame, primary: str, reference: str | None, n
         r["comparison"]["p_holm"] = p_adj
     return {"classes": classes, "primary": primary, "reference": ref, "reference_note": note, "rows": rows,
             "tidy": tidy, "not_evaluated": not_evaluated}
+
+
+def _ensemble_rows(any_run: str, dataset: str, classes: list[str], primary: str, n_bootstrap: int) -> list[dict]:
+    """Rows for ``<dataset>/ensembles/<name>__<method>/seed-*/``: OOF metrics per seed, test pooled over seeds."""
+    from ..ensemble import fold_ensemble
+    from ..evaluation.bootstrap import bootstrap_ci, headline_metric_fns
+    from ..evaluation.metrics import compute_metrics
+
+    results = Path(any_run).parents[4]  # <results>/<dataset>/runs/<config>/seed-<s>/fold-<k>
+    rows = []
+    for folder in sorted(glob(os.path.join(glob_escape(str(results)), dataset, "ensembles", "*"))):
+        seeds = sorted(glob(os.path.join(glob_escape(folder), "seed-*")))
+        docs = [read_json(paths.metrics_file(d, "val")) for d in seeds if os.path.exists(paths.metrics_file(d, "val"))]
+        tests = [_test_probs(d, classes) for d in seeds]
+        tests = [t for t in tests if t is not None]
+        statements = [read_json(paths.ensemble_file(d)) for d in seeds if os.path.exists(paths.ensemble_file(d))]
+        if not docs:
+            continue
+        name = os.path.basename(folder)
+        row = {"config": f"ensemble {name}", "backbone": "ensemble", "strategy": name, "ensemble": True,
+               "cv": {m: mean_sd([d["metrics"].get(m) for d in docs]) for m in dict.fromkeys((*CV_METRICS, primary))},
+               "test": None, "statements": [f"seed {e['seed']}: {e['statement']}" for e in statements],
+               "members": statements[0]["members"] if statements else []}
+        if tests:
+            ids = sorted(set.intersection(*(set(t.index) for t in tests)))
+            y = np.array([{c: k for k, c in enumerate(classes)}[lbl] for lbl in tests[0].loc[ids, "label"]])
+            cols = [f"prob_{c}" for c in classes]
+            per_seed = [t.loc[ids, cols].to_numpy() for t in tests]
+            pooled = fold_ensemble(per_seed)
+            fns = headline_metric_fns(classes)
+            ci = bootstrap_ci(y, pooled, {primary: fns[primary]}, n_resamples=n_bootstrap, seed=0)[primary] if primary in fns else None
+            pm = compute_metrics(y, pooled, classes)
+            row["test"] = {"per_seed": mean_sd([compute_metrics(y, p, classes).get(primary) for p in per_seed]), "estimate": pm.get(primary),
+                           "low": ci["low"] if ci else None, "high": ci["high"] if ci else None, "n_images": len(ids),
+                           "n_models": len(per_seed), "confusion": pm["confusion_matrix"]["counts"]}
+        rows.append(row)
+    return rows
 
 
 def write_report(results: str | os.PathLike, *, out: str | os.PathLike | None = None, primary: str | None = None,

@@ -91,6 +91,14 @@ def _dataset(dataset: str, s: dict, primary: str) -> list[str]:
                        f"{_p(c.get('p_holm'))} | {c.get('n', 0)} | {c.get('note') or ''} |")
         out += ["", "Paired over matched (seed, fold) validation scores with the Nadeau–Bengio corrected resampled t-test (variance × "
                 "(1/(k·r) + n_val/n_train)), two-sided; p-values Holm-adjusted across the configurations above.", ""]
+    ensembles = [r for r in s["rows"] if r.get("ensemble")]
+    if ensembles:
+        out += ["### Ensembles", "", "Fitted on out-of-fold validation predictions only (weights, stacker and selection never see "
+                "the test set); their CV columns are cross-fitted out-of-fold scores, over seeds. Out-of-fold check against the "
+                "best member:", ""]
+        for r in ensembles:
+            out += [f"- `{r['config']}` (members: {', '.join(r.get('members', []))})"] + [f"  - {line}" for line in r.get("statements", [])]
+        out.append("")
     out += _data(s.get("data") or {}, s["classes"])
     figs = s.get("figures") or {}
     if figs:

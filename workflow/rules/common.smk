@@ -19,6 +19,7 @@ SUMMARY = paths.summary_file(RESULTS)
 RUN = paths.run_dir(RESULTS, "{dataset}", "{backbone}", "{strategy}", "{seed}", "{fold}")
 RUN_NAME = paths.run_key("{backbone}", "{strategy}", "{seed}", "{fold}")
 GPUS = int(config["resources"].get("gpus_per_job", 0))
+ENSEMBLE = paths.ensemble_dir(RESULTS, "{dataset}", "{name}", "{method}", "{seed}")
 
 for skipped in GRID.skipped:
     logger.info(f"skipping {skipped['dataset']}/{skipped['backbone']}__{skipped['strategy']}: {skipped['reason']}")
@@ -112,3 +113,40 @@ def eval_args():
 
 def all_runs(stage_file):
     return [stage_file(paths.run_dir(RESULTS, c.dataset, c.backbone, c.strategy, c.seed, c.fold)) for c in GRID.cells]
+
+
+def ensemble_member_configs(dataset, name):
+    """Configurations of an ensemble: its `members`, or every configuration of the grid for `all`."""
+    spec = config["ensembles"][name]
+    grid_configs = sorted({c.config_name for c in GRID.cells if c.dataset == dataset})
+    members = spec.get("members", "all")
+    return grid_configs if members == "all" else [m for m in members if m in grid_configs]
+
+
+def ensemble_inputs(wildcards):
+    return [
+        paths.predictions_file(paths.run_dir(RESULTS, c.dataset, c.backbone, c.strategy, c.seed, c.fold), split)
+        for c in GRID.cells
+        if c.dataset == wildcards.dataset and str(c.seed) == wildcards.seed
+        and c.config_name in ensemble_member_configs(wildcards.dataset, wildcards.name)
+        for split in ("val", "test")
+    ]
+
+
+def ensemble_members_arg(wildcards):
+    return " ".join(f"--members {m}" for m in ensemble_member_configs(wildcards.dataset, wildcards.name))
+
+
+def eval_args_bootstrap():
+    return int((config.get("eval") or {}).get("bootstrap", 1000))
+
+
+def all_ensembles():
+    return [
+        paths.metrics_file(paths.ensemble_dir(RESULTS, d, name, method, seed), "test")
+        for d in config["datasets"]
+        for name, spec in (config.get("ensembles") or {}).items()
+        if len(ensemble_member_configs(d, name)) >= 2
+        for method in spec.get("methods", ["greedy"])
+        for seed in config["seeds"]
+    ]

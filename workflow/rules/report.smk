@@ -20,6 +20,7 @@ rule report:
         inspect=[paths.inspect_file(RESULTS, d) for d in config["datasets"]],
         splits=[paths.splits_file(RESULTS, d) for d in config["datasets"]],
         metrics=all_runs(lambda run: paths.metrics_file(run, "test")),
+        ensembles=all_ensembles(),
     output:
         md=report(SUMMARY, category="Summary"),
         csv=paths.summary_file(RESULTS, "csv"),
