@@ -1,5 +1,6 @@
-"""Reporting across cross-validation runs: summary statistics and model comparisons."""
+"""Reporting across cross-validation runs: summary statistics, model comparisons and ``summary.md``."""
 
+from .build import write_report
 from .stats import corrected_resampled_ttest, holm, mean_sd, paired_differences
 
 __all__ = [
@@ -7,4 +8,5 @@ __all__ = [
     "holm",
     "mean_sd",
     "paired_differences",
+    "write_report",
 ]
