@@ -1,0 +1,303 @@
+"""``medcli gradcam``: CAM overlays, per-class galleries and faithfulness scores for a trained run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import paths
+from .._io import read_json, write_json
+from ..errors import MedcliError
+from .cams import compute_cams, get_method, model_device
+from .faithfulness import TOP_FRACTION, confidence_drops
+from .render import Tile, image_file_name, safe_name, save_gallery, save_pair
+
+log = logging.getLogger("medcli")
+
+INDEX_FORMAT = "medcli.gradcam/1"
+SPLITS = ("test", "val")
+TARGETS = ("pred", "true")
+NORMALIZATION = "per-image min-max"
+FAITHFULNESS_DEFINITION = (
+    "M = the top 20% CAM pixels of each image; keep = x*M, remove = x*(1-M) in normalised input space "
+    "(blanked pixels = 0, the preprocessing mean); p = softmax probability of the explained class; "
+    "drop_keep_top20 = p(x) - p(keep), drop_remove_top20 = p(x) - p(remove); "
+    "score = drop_remove_top20 - drop_keep_top20 (higher = more faithful)"
+)
+
+
+def output_dir(run_dir: str | os.PathLike, split: str) -> str:
+    """``<run>/gradcam/<split>``: overlays, galleries and ``index.json`` of one split."""
+    run = os.path.dirname(paths.figures_dir(run_dir))
+    return os.path.join(run, "gradcam", split)
+
+
+def read_predictions(path: str | os.PathLike, classes: list[str]) -> pd.DataFrame:
+    """A predictions CSV with ids, paths and labels as strings, checked against the run's classes."""
+    frame = pd.read_csv(path, dtype={"id": str, "path": str, "label": str, "pred": str}, keep_default_na=False)
+    needed = ["id", "path", "label", "pred", *(f"prob_{c}" for c in classes)]
+    missing = [col for col in needed if col not in frame.columns]
+    if missing:
+        raise MedcliError(f"{path}: column(s) {', '.join(missing)} missing; re-create it with `medcli train` / `medcli eval`")
+    unknown = sorted(set(frame["label"]).union(frame["pred"]) - set(classes))
+    if unknown:
+        raise MedcliError(f"{path}: class(es) {', '.join(map(repr, unknown))} are not among the run's classes {classes}")
+    if frame.empty:
+        raise MedcliError(f"{path}: no predictions to explain")
+    return frame
+
+
+def select_samples(frame: pd.DataFrame, classes: list[str], n: int, seed: int = 0) -> pd.DataFrame:
+    """Up to ``n`` rows per true class, half correctly and half wrongly predicted where possible.
+
+    When one group is too small the other fills the gap. Within a group the rows are sorted by id and drawn
+    with a generator seeded by ``(seed, class index)``, so the choice does not depend on row order or on the
+    other classes. The result lists classes in the run's order, then correct before wrong rows, each by id.
+    """
+    if n < 1:
+        raise MedcliError(f"--n {n}: use at least 1 image per class")
+    chosen = []
+    for k, cls in enumerate(classes):
+        rows = frame[frame["label"] == cls].sort_values("id", kind="stable")
+        if rows.empty:
+            continue
+        correct, wrong = rows[rows["pred"] == cls], rows[rows["pred"] != cls]
+        n_wrong = min(len(wrong), n // 2)
+        n_correct = min(len(correct), n - n_wrong)
+        n_wrong = min(len(wrong), n - n_correct)
+        rng = np.random.default_rng([seed, k])
+        for group, count in ((correct, n_correct), (wrong, n_wrong)):
+            picks = np.sort(rng.choice(len(group), size=count, replace=False)) if count else []
+            chosen.append(group.iloc[picks])
+    return pd.concat(chosen, ignore_index=True)
+
+
+def load_pixels(doc: dict, ids: list[str]) -> np.ndarray:
+    """The run's model-input images for ``ids``: ``(N, H, W, C)`` uint8, exactly as the image store holds them.
+
+    Each file is decoded and resized with the run's recorded preprocessing, by the same functions that
+    :func:`medcli.data.store.materialize` uses, so only the requested images are decoded.
+    """
+    from ..data import load_dataset
+    from ..data.decode import DecodeError, resize, to_channels
+    from ..data.scan import load_image
+
+    cfg, pre = doc["config"], doc["preprocess"]
+    dataset = load_dataset(cfg["data"], cfg.get("layout", "auto"), cfg.get("aliases"))
+    recorded = doc.get("data_fingerprint")
+    if recorded and dataset.fingerprint() != recorded:
+        raise MedcliError(
+            f"the dataset at {cfg['data']} changed since this run was trained (fingerprint differs); "
+            "explanations would not show the images the model was scored on"
+        )
+    by_id = dataset.by_id()
+    size, channels = int(pre["img_size"]), int(pre["channels"])
+    out = np.empty((len(ids), size, size, channels), np.uint8)
+    for row, sample_id in enumerate(ids):
+        sample = by_id.get(sample_id)
+        if sample is None:
+            raise MedcliError(f"image {sample_id!r} from the predictions is not in the dataset at {cfg['data']}")
+        try:
+            img, _, _ = load_image(sample)
+        except DecodeError as exc:
+            raise MedcliError(f"{sample.path}: {exc}") from None
+        arr = np.asarray(resize(to_channels(img, channels), size, pre["resize"], pre["interpolation"]), dtype=np.uint8)
+        out[row] = arr[..., None] if arr.ndim == 2 else arr
+    return out
+
+
+def _check_arguments(split: str, n: int, method: str, target: str, batch_size: int) -> None:
+    if split not in SPLITS:
+        raise MedcliError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
+    if target not in TARGETS:
+        raise MedcliError(f"--target {target!r}: choose one of {', '.join(TARGETS)}")
+    if n < 1:
+        raise MedcliError(f"--n {n}: use at least 1 image per class")
+    if batch_size < 1:
+        raise MedcliError(f"--batch-size {batch_size}: use at least 1")
+    get_method(method)
+
+
+def _mean(values) -> float | None:
+    values = list(values)
+    return float(np.mean(values)) if values else None
+
+
+def _summary(entries: list[dict]) -> dict:
+    return {
+        "n": len(entries),
+        "mean_drop_keep_top20": _mean(e["faithfulness"]["drop_keep_top20"] for e in entries),
+        "mean_drop_remove_top20": _mean(e["faithfulness"]["drop_remove_top20"] for e in entries),
+        "mean_score": _mean(e["faithfulness"]["score"] for e in entries),
+    }
+
+
+def explain_run(
+    run_dir: str | os.PathLike,
+    *,
+    split: str = "test",
+    n: int = 16,
+    method: str = "gradcam",
+    target: str = "pred",
+    batch_size: int = 16,
+    seed: int = 0,
+) -> dict:
+    """Explain a run's predictions on ``split`` with CAMs; write overlays, galleries and ``index.json``.
+
+    Args:
+        run_dir: a run folder written by ``medcli train``.
+        split: ``test`` (needs ``predictions/test.csv`` from ``medcli eval``) or ``val``.
+        n: images per true class (see :func:`select_samples`).
+        method: a CAM method (see :func:`medcli.gradcam.list_methods`).
+        target: explain the predicted class (``pred``) or the true class (``true``).
+        batch_size: images per CAM chunk.
+        seed: seed of the image selection.
+
+    Returns the ``index.json`` document plus ``folder`` (where the outputs went). The whole output folder is
+    written next to the old one and swapped in at the end, so it never mixes two explanations.
+    """
+    from ..models import load_model
+    from ..training.batches import to_model_input
+
+    _check_arguments(split, n, method, target, batch_size)
+    run = Path(run_dir)
+    if not Path(paths.config_file(run)).is_file() or not Path(paths.model_file(run)).is_file():
+        raise MedcliError(f"{run}: not a run folder (needs config.json and model.pt from `medcli train`)")
+    predictions = Path(paths.predictions_file(run, split))
+    if not predictions.is_file():
+        if split == "test":
+            raise MedcliError(f"{predictions} not found: run `medcli eval {run}` first")
+        raise MedcliError(f"{predictions} not found; re-run `medcli train` for this run")
+    doc = read_json(paths.config_file(run))
+    classes, pre = list(doc["classes"]), doc["preprocess"]
+    index = {c: k for k, c in enumerate(classes)}
+    chosen = select_samples(read_predictions(predictions, classes), classes, n, seed)
+    pixels = load_pixels(doc, list(chosen["id"]))
+
+    model, _ = load_model(paths.model_file(run))
+    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    device = model_device(model)
+    mean, std = torch.tensor(pre["mean"], device=device), torch.tensor(pre["std"], device=device)
+    inputs = to_model_input(torch.from_numpy(pixels).permute(0, 3, 1, 2).to(device), mean, std)
+    explained = [index[c] for c in chosen["pred" if target == "pred" else "label"]]
+    log.info("%s on %d %s images of %s (%s)", method, len(chosen), split, run, model.backbone)
+    cams = compute_cams(model, inputs, explained, method=method, batch_size=batch_size)
+    drops = confidence_drops(model, inputs, cams, explained, fraction=TOP_FRACTION, batch_size=batch_size)
+
+    final = Path(output_dir(run, split))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        entries, tiles = _write_overlays(staging, chosen, classes, pixels, cams, drops, explained)
+        galleries = _write_galleries(staging, entries, tiles, classes, method=method, split=split, target=target)
+        document = {
+            "format": INDEX_FORMAT,
+            "run": {k: doc["config"].get(k) for k in ("dataset_name", "backbone", "strategy", "seed", "fold")},
+            "method": method,
+            "target": target,
+            "split": split,
+            "normalization": NORMALIZATION,
+            "n_per_class": n,
+            "seed": seed,
+            "target_layer": model.info.cam_layer,
+            "classes": classes,
+            "galleries": galleries,
+            "images": entries,
+            "faithfulness": {
+                "definition": FAITHFULNESS_DEFINITION,
+                "fraction": TOP_FRACTION,
+                **_summary(entries),
+                "per_class": {cls: _summary([e for e in entries if e["label"] == cls]) for cls in galleries},
+            },
+        }
+        write_json(staging / "index.json", document)
+        _swap_in(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {**document, "folder": str(final)}
+
+
+def _write_overlays(folder: Path, chosen: pd.DataFrame, classes: list[str], pixels: np.ndarray, cams: np.ndarray,
+                    drops: dict[str, np.ndarray], explained: list[int]) -> tuple[list[dict], list[Tile]]:
+    entries, tiles = [], []
+    for i, row in enumerate(chosen.to_dict("records")):
+        label, pred = row["label"], row["pred"]
+        correct = label == pred
+        prob = float(row[f"prob_{pred}"])
+        overlay = Path(safe_name(label)) / ("correct" if correct else "wrong") / image_file_name(row["id"])
+        (folder / overlay).parent.mkdir(parents=True, exist_ok=True)
+        save_pair(folder / overlay, pixels[i], cams[i])
+        entries.append({
+            "id": row["id"],
+            "path": row["path"],
+            "label": label,
+            "pred": pred,
+            "prob": prob,
+            "correct": bool(correct),
+            "explained_class": classes[explained[i]],
+            "overlay": overlay.as_posix(),
+            "faithfulness": {
+                "prob": float(drops["prob"][i]),
+                "prob_keep_top20": float(drops["prob_keep"][i]),
+                "prob_remove_top20": float(drops["prob_remove"][i]),
+                "drop_keep_top20": float(drops["drop_keep"][i]),
+                "drop_remove_top20": float(drops["drop_remove"][i]),
+                "score": float(drops["score"][i]),
+            },
+        })
+        caption = f"true: {_short(label)}\npred: {_short(pred)} ({prob:.2f}) {'correct' if correct else 'wrong'}"
+        tiles.append(Tile(pixels[i], cams[i], caption, bool(correct)))
+    return entries, tiles
+
+
+def _write_galleries(folder: Path, entries: list[dict], tiles: list[Tile], classes: list[str], *, method: str, split: str,
+                     target: str) -> dict[str, str]:
+    """One gallery per true class present; returns ``{class: file name}``."""
+    galleries = {}
+    explaining = "predicted" if target == "pred" else "true"
+    for cls in classes:
+        mine = [i for i, e in enumerate(entries) if e["label"] == cls]
+        if not mine:
+            continue
+        galleries[cls] = f"gallery_{safe_name(cls)}.png"
+        score = _summary([entries[i] for i in mine])["mean_score"]
+        title = (f"{method} | true class {cls} | {split} split | explaining the {explaining} class | "
+                 f"mean faithfulness score {score:+.2f} (top {TOP_FRACTION:.0%} kept vs removed)\n"
+                 "CAM values are min-max normalised per image (0 = lowest, 1 = highest within that image)")
+        save_gallery(folder / galleries[cls], [tiles[i] for i in mine], title)
+    return galleries
+
+
+def _short(text: str, limit: int = 22) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    """Replace ``final`` by ``staging`` (old folder renamed aside first, then removed)."""
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    if final.exists():
+        os.rename(final, old)
+    try:
+        os.rename(staging, final)
+    except OSError:
+        if old.exists() and not final.exists():
+            os.rename(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def summarize(result: dict) -> str:
+    """One line for the terminal: where the galleries went and the mean faithfulness."""
+    faith = result["faithfulness"]
+    return (
+        f"{result['method']} on {faith['n']} {result['split']} images ({len(result['galleries'])} galleries) written to "
+        f"{result['folder']}; faithfulness (top {faith['fraction']:.0%} CAM region): mean score {faith['mean_score']:+.3f} "
+        f"(confidence drop when kept {faith['mean_drop_keep_top20']:+.3f}, when removed {faith['mean_drop_remove_top20']:+.3f})"
+    )
