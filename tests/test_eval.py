@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from medcli import paths
@@ -19,6 +20,7 @@ from medcli.data.synth import make_synthetic
 from medcli.errors import MedcliError
 from medcli.evaluation.calibration import softmax
 from medcli.evaluation.metrics import youden_threshold
+from medcli.evaluation import runner
 from medcli.evaluation.runner import evaluate_run, predict_logits, read_predictions
 from medcli.models import load_model
 from medcli.splits import split_data
@@ -49,7 +51,8 @@ def test_eval_writes_predictions_metrics_with_cis_and_figures(run):
     assert results["test"]["calibration"]["fitted_on"] == "val"
     for name in ("confusion_test", "roc_test", "pr_test", "reliability_test", "learning_curves", "confusion_val"):
         assert (Path(paths.figures_dir(run)) / f"{name}.png").stat().st_size > 1000
-    assert Path(str(paths.predictions_file(run, "test")).replace(".csv", ".calibrated.csv")).exists()
+    calibrated = pd.read_csv(paths.predictions_file(run, "test.calibrated"), dtype={"id": str})
+    assert list(calibrated.columns) == list(test.columns) and list(calibrated["id"]) == list(test["id"])
 
 
 def test_recomputed_val_logits_equal_the_training_ones(run):
@@ -65,25 +68,50 @@ def test_recomputed_val_logits_equal_the_training_ones(run):
     assert np.allclose(again, logits, atol=1e-5)
 
 
-def test_temperature_and_threshold_never_see_test_labels(run, tmp_path):
+def test_temperature_and_threshold_never_see_test_labels(run, monkeypatch):
     first = evaluate_run(run, split="test", n_bootstrap=0, figures=False)["test"]
     doc = json.loads((run / "config.json").read_text())
     _, y_val, val_logits = read_predictions(paths.predictions_file(run, "val"), doc["classes"])
     assert first["threshold"]["value"] == pytest.approx(youden_threshold(y_val, softmax(val_logits)[:, 1]))
-    splits_path = Path(doc["splits_file"])
-    backup = tmp_path / "splits.json"
-    shutil.copy(splits_path, backup)
-    poisoned = json.loads(splits_path.read_text())
-    for i in poisoned["test"]:  # flip every test label
-        poisoned["labels"][i] = "disk" if poisoned["labels"][i] == "square" else "square"
-    splits_path.write_text(json.dumps(poisoned))
-    try:
-        second = evaluate_run(run, split="test", n_bootstrap=0, figures=False)["test"]
-    finally:
-        shutil.copy(backup, splits_path)
+    original = runner._run_splits
+
+    def poisoned(*args):
+        splits = json.loads(json.dumps(original(*args)))
+        for i in splits["test"]:  # flip every test label
+            splits["labels"][i] = "disk" if splits["labels"][i] == "square" else "square"
+        return splits
+
+    monkeypatch.setattr(runner, "_run_splits", poisoned)
+    second = evaluate_run(run, split="test", n_bootstrap=0, figures=False)["test"]
     assert second["calibration"]["temperature"] == first["calibration"]["temperature"]
     assert second["threshold"]["value"] == first["threshold"]["value"]
     assert second["metrics"]["accuracy"] == pytest.approx(1 - first["metrics"]["accuracy"])
+
+
+def test_a_splits_file_changed_after_training_is_refused(run, tmp_path):
+    splits_path = Path(json.loads((run / "config.json").read_text())["splits_file"])
+    backup = tmp_path / "splits.json"
+    shutil.copy(splits_path, backup)
+    changed = json.loads(splits_path.read_text())
+    changed["folds"][0]["train"], changed["folds"][1]["train"] = changed["folds"][1]["train"], changed["folds"][0]["train"]
+    changed["folds"][0]["val"], changed["folds"][1]["val"] = changed["folds"][1]["val"], changed["folds"][0]["val"]
+    splits_path.write_text(json.dumps(changed))
+    try:
+        with pytest.raises(MedcliError, match="splits changed since this run was trained"):
+            evaluate_run(run, split="test", n_bootstrap=0, figures=False)
+    finally:
+        shutil.copy(backup, splits_path)
+
+
+def test_tta_of_a_saturated_softmax_stays_finite():
+    class Confident(torch.nn.Module):
+        config = {"num_classes": 2}
+
+        def forward(self, x):
+            return torch.stack([x.mean(dim=(1, 2, 3)) * 0 + 200.0, x.mean(dim=(1, 2, 3)) * 0], 1)
+
+    logits = predict_logits(Confident(), np.zeros((3, 32, 32, 1), np.uint8), np.arange(3), [0.5], [0.2], tta=True)
+    assert np.isfinite(logits).all() and np.allclose(softmax(logits)[:, 0], 1.0)
 
 
 def test_tta_changes_probabilities_not_the_format(run):
@@ -102,6 +130,11 @@ def test_external_validation_maps_classes_and_keeps_results_apart(run, tmp_path)
     doc = results["site-b"]
     assert doc["external"]["class_mapping"]["disk_external.site"] == "disk" and doc["n"] == 16
     assert (run / "external" / "site-b" / "metrics.json").exists() and (run / "external" / "site-b" / "predictions.csv").exists()
+    (other / "square").rename(other / "box")
+    aliased = evaluate_run(run, data=other, name="site-c", aliases={"box": "square"}, n_bootstrap=0, figures=False)["site-c"]
+    assert aliased["external"]["class_mapping"] == {"box": "square", "disk_external.site": "disk"}
+    with pytest.raises(MedcliError, match="plain folder name"):
+        evaluate_run(run, data=other, name="../escape", aliases={"box": "square"}, n_bootstrap=0, figures=False)
     bad = make_synthetic(tmp_path / "bad", n_classes=3, per_class=4, size=32)
     with pytest.raises(MedcliError, match="triangle"):
         evaluate_run(run, data=bad, n_bootstrap=0)

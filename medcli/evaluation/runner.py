@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -74,7 +75,9 @@ def predict_logits(model, images: np.ndarray, rows: np.ndarray, mean, std, *, tt
             logits = model(x).float()
             if tta:
                 flipped = model(torch.flip(x, dims=[3])).float()
-                logits = torch.log((torch.softmax(logits, 1) + torch.softmax(flipped, 1)) / 2)
+                # log of the mean of the two softmaxes, in log space: a saturated softmax never gives log(0)
+                both = torch.stack([torch.log_softmax(logits, 1), torch.log_softmax(flipped, 1)])
+                logits = torch.logsumexp(both, 0) - math.log(2)
         out.append(logits.cpu().numpy()[order])
     n_classes = model.config["num_classes"]
     return np.concatenate(out) if out else np.zeros((0, n_classes))
@@ -88,6 +91,31 @@ def _store_for(dataset, doc: dict, sample_ids: set[str] | None, cache_dir, worke
         dataset.samples = [s for s in dataset.samples if s.id in sample_ids]
     settings = StoreSettings(img_size=pre["img_size"], channels=pre["channels"], resize=pre["resize"], interpolation=pre["interpolation"])
     return materialize(dataset, settings, cache_dir, workers)
+
+
+def _run_splits(doc: dict, dataset) -> dict:
+    """The run's splits file, checked against the dataset and against the splits the run was trained with.
+
+    A splits file re-made after training (another seed, other folds) would put images the model was trained
+    on into the test set, so a changed file is refused rather than used.
+    """
+    from ..splits import load_splits, splits_fingerprint
+
+    splits_doc = load_splits(doc["splits_file"], dataset)
+    recorded = doc.get("splits_fingerprint")
+    if recorded and splits_fingerprint(splits_doc) != recorded:
+        raise MedcliError(
+            f"{doc['splits_file']}: the splits changed since this run was trained (fingerprint differs), so its test "
+            f"set may hold training images; evaluate with the original splits file or train the run again"
+        )
+    return splits_doc
+
+
+def _external_name(name: str | None, data: str | os.PathLike) -> str:
+    ext_name = name or Path(data).resolve().name
+    if ext_name in ("", ".", "..") or "/" in ext_name or (os.altsep and os.altsep in ext_name) or os.sep in ext_name:
+        raise MedcliError(f"--name {ext_name!r}: must be a plain folder name (it becomes external/<name>/ in the run folder)")
+    return ext_name
 
 
 def evaluate_run(
@@ -105,13 +133,28 @@ def evaluate_run(
 ) -> dict[str, dict]:
     """Evaluate a run; returns ``{split: metrics document}`` (also written to the run folder)."""
     from ..data import load_dataset, require_readable, scan_dataset
-    from ..splits import load_splits
 
     if split not in SPLITS:
         raise MedcliError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
     run, doc, model = _load_run(run_dir)
     cfg, classes, pre = doc["config"], doc["classes"], doc["preprocess"]
     val_frame, val_y, val_logits = read_predictions(paths.predictions_file(run, "val"), classes)
+    own: dict = {}
+
+    def own_data() -> dict:
+        """The run's own dataset, splits and image store, loaded once and only when needed."""
+        if not own:
+            dataset = load_dataset(cfg["data"], cfg.get("layout", "auto"), cfg.get("aliases"))
+            own["splits"] = _run_splits(doc, dataset)
+            own["paths"] = {s.id: s.path for s in dataset.samples}
+            own["store"] = _store_for(dataset, doc, set(own["splits"]["labels"]), cfg.get("cache_dir"), cfg.get("workers"))
+        return own
+
+    if tta:
+        # The temperature and the threshold must be fitted on the kind of scores they are applied to, so with
+        # TTA they come from TTA predictions of the same validation images (still never from test data).
+        store = own_data()["store"]
+        val_logits = predict_logits(model, store.images, store.rows(list(val_frame["id"])), pre["mean"], pre["std"], tta=True)
     temperature = fit_temperature(val_logits, val_y)
     binary = len(classes) == 2
     threshold = youden_threshold(val_y, softmax(val_logits)[:, 1]) if binary and len(set(val_y.tolist())) == 2 else None
@@ -121,43 +164,34 @@ def evaluate_run(
     if data is not None:
         from ..data.classes import reconcile_classes
 
+        ext_name = _external_name(name, data)
         other = load_dataset(data, "auto", aliases)
-        raw = {s.raw_label for s in other.samples}
-        mapping = reconcile_classes({"train": set(classes), "test": raw}, None)
+        # --alias is applied by load_dataset; what is left to match against the model's classes are its labels
+        mapping = reconcile_classes({"train": set(classes), "test": {s.label for s in other.samples}}, None)
         other = require_readable(other, scan_dataset(other, cfg.get("cache_dir"), cfg.get("workers")), skip_bad)
         store = _store_for(other, doc, None, cfg.get("cache_dir"), cfg.get("workers"))
         index = {c: k for k, c in enumerate(classes)}
-        y = np.array([index[mapping[s.raw_label]] for s in other.samples])
+        y = np.array([index[mapping[s.label]] for s in other.samples])
         ids = [s.id for s in other.samples]
         logits = predict_logits(model, store.images, store.rows(ids), pre["mean"], pre["std"], tta=tta)
-        ext_name = name or Path(data).resolve().name
         out_dir = Path(run) / "external" / ext_name
-        external = {"data": str(Path(data).resolve()), "fingerprint": other.fingerprint(), "class_mapping": {r: mapping[r] for r in sorted(raw)}}
+        external = {"data": str(Path(data).resolve()), "fingerprint": other.fingerprint(), "class_mapping": {raw: mapping[label] for raw, label in sorted(other.class_mapping.items())}}
         results[ext_name] = _score(out_dir, "external", ids, [s.path for s in other.samples], y, logits, classes, cfg, doc, fitted, tta,
                                    n_bootstrap, seed, figures, external=external, pred_path=out_dir / "predictions.csv", metrics_path=out_dir / "metrics.json")
         return results
 
     wanted = ["val", "test"] if split == "all" else [split]
     if "val" in wanted:
-        logits = val_logits
-        if tta:
-            dataset = load_dataset(cfg["data"], cfg.get("layout", "auto"), cfg.get("aliases"))
-            splits_doc = load_splits(doc["splits_file"], dataset)
-            store = _store_for(dataset, doc, set(splits_doc["labels"]), cfg.get("cache_dir"), cfg.get("workers"))
-            logits = predict_logits(model, store.images, store.rows(list(val_frame["id"])), pre["mean"], pre["std"], tta=True)
-        results["val"] = _score(run, "val", list(val_frame["id"]), list(val_frame["path"]), val_y, logits, classes, cfg, doc, fitted, tta, n_bootstrap, seed, figures)
+        results["val"] = _score(run, "val", list(val_frame["id"]), list(val_frame["path"]), val_y, val_logits, classes, cfg, doc, fitted, tta, n_bootstrap, seed, figures)
     if "test" in wanted:
-        dataset = load_dataset(cfg["data"], cfg.get("layout", "auto"), cfg.get("aliases"))
-        splits_doc = load_splits(doc["splits_file"], dataset)
-        by_id = dataset.by_id()
-        store = _store_for(dataset, doc, set(splits_doc["labels"]), cfg.get("cache_dir"), cfg.get("workers"))
+        splits_doc, store = own_data()["splits"], own_data()["store"]
         ids = list(splits_doc["test"])
         if not ids:
             raise MedcliError(f"{doc['splits_file']}: the test set is empty")
         index = {c: k for k, c in enumerate(classes)}
         y = np.array([index[splits_doc["labels"][i]] for i in ids])
         logits = predict_logits(model, store.images, store.rows(ids), pre["mean"], pre["std"], tta=tta)
-        results["test"] = _score(run, "test", ids, [by_id[i].path for i in ids], y, logits, classes, cfg, doc, fitted, tta, n_bootstrap, seed, figures)
+        results["test"] = _score(run, "test", ids, [own_data()["paths"][i] for i in ids], y, logits, classes, cfg, doc, fitted, tta, n_bootstrap, seed, figures)
     if figures:
         _learning_curves(run, cfg)
     return results
@@ -171,7 +205,7 @@ def _score(run, split, ids, image_paths, y, logits, classes, cfg, doc, fitted, t
     calibrated = apply_temperature(logits, fitted["temperature"])
     pred_path = pred_path or paths.predictions_file(run, split)
     write_predictions(pred_path, ids, image_paths, y, logits, classes, fold=cfg["fold"], seed=cfg["seed"], split=split, probs=probs)
-    calibrated_path = str(pred_path).replace(".csv", ".calibrated.csv")
+    calibrated_path = Path(pred_path).with_suffix(".calibrated.csv")  # <split>.calibrated.csv
     write_predictions(calibrated_path, ids, image_paths, y, calibrated_logits, classes, fold=cfg["fold"], seed=cfg["seed"], split=split, probs=calibrated)
     metrics = compute_metrics(y, probs, classes)
     at_threshold = compute_metrics(y, probs, classes, threshold=fitted["threshold"]) if fitted["threshold"] is not None else None
@@ -195,7 +229,7 @@ def _score(run, split, ids, image_paths, y, logits, classes, cfg, doc, fitted, t
         "external": external,
         "versions": versions(),
     }
-    document = json.loads(json.dumps(document, default=_plain).replace("NaN", "null"))
+    document = _finite(json.loads(json.dumps(document, default=_plain)))
     write_json(metrics_path or paths.metrics_file(run, split), document)
     if figures:
         _figures(Path(metrics_path).parent if metrics_path else Path(paths.figures_dir(run)), split, y, probs, calibrated, classes, metrics)
@@ -208,6 +242,17 @@ def _plain(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _finite(value):
+    """``value`` with every non-finite float replaced by None (JSON has no NaN or Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _figures(folder: Path, split: str, y, probs, calibrated, classes, metrics) -> None:
@@ -245,7 +290,7 @@ def render(results: dict[str, dict], console) -> None:
 
     for split, doc in results.items():
         table.add_row(split, str(doc["n"]), cell(doc, "accuracy"), cell(doc, "balanced_accuracy"), cell(doc, "macro_f1"),
-                      cell(doc, "roc_auc"), f"{doc['metrics']['ece']:.3f}", f"{doc['calibration']['ece_after']:.3f}")
+                      cell(doc, "roc_auc"), cell(doc, "ece"), f"{doc['calibration']['ece_after']:.3f}")
     console.print(table)
     for doc in results.values():
         for key, reason in (doc["metrics"].get("undefined") or {}).items():
