@@ -9,9 +9,9 @@ import typer
 DataArg = typer.Argument(..., help="Dataset: a folder (class folders, or train/val/test folders), a .csv manifest or a .npz file.", show_default=False)
 Layout = typer.Option("auto", "--layout", help="auto, imagefolder, presplit, csv or npz.")
 Alias = typer.Option(None, "--alias", help="Rename a class: RAW=CLASS (repeatable). Applied before automatic matching.")
-NearThreshold = typer.Option(None, "--near-threshold", help="Max distance (bits of a 256-bit perceptual hash) for near-duplicates [default: 40].")
-CacheDir = typer.Option(None, "--cache-dir", help="Where decoded-image caches live [default: $MEDCLI_CACHE or ~/.cache/medcli].")
-Workers = typer.Option(None, "--workers", help="Decoding processes [default: the CPUs available].")
+NearThreshold = typer.Option(None, "--near-threshold", help="Max distance (bits of a 256-bit perceptual hash) for near-duplicates (default: 40).")
+CacheDir = typer.Option(None, "--cache-dir", help="Where decoded-image caches live (default: $MEDCLI_CACHE or ~/.cache/medcli).")
+Workers = typer.Option(None, "--workers", help="Decoding processes (default: the CPUs available).")
 SkipBad = typer.Option(False, "--skip-bad", help="Leave unreadable image files out (and say how many) instead of stopping.")
 
 

@@ -13,7 +13,7 @@ from ._app import app
 @app.command("ensemble")
 def ensemble_cli(
     dataset: str = typer.Option(..., "--dataset", help="Dataset name in the results layout."),
-    members: Optional[list[str]] = typer.Option(None, "--members", "-m", help="Member configurations <backbone>__<strategy> (repeatable) [default: every configuration of the seed]."),
+    members: Optional[list[str]] = typer.Option(None, "--members", "-m", help="Member configurations <backbone>__<strategy> (repeatable) (default: every configuration of the seed)."),
     methods: list[str] = typer.Option(["greedy"], "--method", help="mean, weighted, vote, stacking or greedy (repeatable)."),
     seeds: list[int] = typer.Option([0], "--seed", help="Seed(s) whose runs are ensembled (repeatable)."),
     name: str = typer.Option("all", "--name", help="Name of the ensemble (its folder: ensembles/<name>__<method>/seed-<s>)."),

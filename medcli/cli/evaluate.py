@@ -17,7 +17,7 @@ def eval_cli(
     split: str = typer.Option("test", "--split", help="test, val or all."),
     tta: bool = typer.Option(False, "--tta", help="Average the predictions of the image and its horizontal flip."),
     data: Optional[Path] = typer.Option(None, "--data", help="External validation: score the run on another dataset (results kept apart)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Name of the external dataset [default: its folder name]."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name of the external dataset (default: its folder name)."),
     alias: Optional[list[str]] = opt.Alias,
     skip_bad: bool = opt.SkipBad,
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% intervals (0: none)."),
