@@ -30,6 +30,7 @@ include: "workflow/rules/weights.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/eval.smk"
 include: "workflow/rules/ensemble.smk"
+include: "workflow/rules/gradcam.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -14,6 +14,8 @@ Layout (see docs/architecture.md for the file formats)::
         runs/<backbone>__<strategy>/seed-<s>/fold-<k>/ one trained model (self-describing)
           config.json  history.csv  model.pt
           predictions/<split>.csv  metrics/<split>.json  figures/
+          gradcam/<split>/index.json, gallery_<class>.png, <class>/{correct,wrong}/<image>.png
+        ensembles/<name>__<method>/seed-<s>/          medcli ensemble (same files as a run + ensemble.json)
     <work>/<dataset>/<backbone>__<strategy>/seed-<s>/fold-<k>/checkpoint.pt
                                                        resume state; never a declared output
     <cache>/scan/, <cache>/store/<key>/                decoded-image caches (see medcli.data.store)
@@ -37,6 +39,7 @@ CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
+GRADCAM_INDEX = "index.json"
 
 
 def _join(*parts: object) -> str:
@@ -137,6 +140,16 @@ def metrics_file(run: str | os.PathLike, split: str) -> str:
 
 def figures_dir(run: str | os.PathLike) -> str:
     return _join(run, "figures")
+
+
+def gradcam_dir(run: str | os.PathLike, split: str) -> str:
+    """``<run>/gradcam/<split>/``: the overlays, per-class galleries and ``index.json`` of ``medcli gradcam``."""
+    return _join(run, "gradcam", split)
+
+
+def gradcam_index_file(run: str | os.PathLike, split: str) -> str:
+    """``index.json`` (format ``medcli.gradcam/1``): what was explained, the galleries and the faithfulness."""
+    return _join(gradcam_dir(run, split), GRADCAM_INDEX)
 
 
 def checkpoint_file(work_run: str | os.PathLike) -> str:

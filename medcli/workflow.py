@@ -180,6 +180,47 @@ def pretrain_args(config: dict, backbone: str) -> str:
     return _format_train_args(backbone, "scratch", settings) + " --weights none"
 
 
+GRADCAM_DEFAULTS = {"configurations": "all", "split": "test", "method": "gradcam", "n": 8, "target": "pred"}
+
+
+def gradcam_settings(config: dict) -> dict[str, Any] | None:
+    """The config's ``gradcam`` section over its defaults (seeds: the first one; folds: fold 0); None without one."""
+    spec = config.get("gradcam")
+    if not spec:
+        return None
+    settings = {**GRADCAM_DEFAULTS, **spec}
+    settings.setdefault("seeds", [config["seeds"][0]])
+    settings.setdefault("folds", [0])
+    return settings
+
+
+def gradcam_cells(config: dict, grid: Grid) -> list[Cell]:
+    """The runs that get Grad-CAM galleries: the chosen configurations, seeds and folds present in the grid.
+
+    A configuration named in ``gradcam.configurations`` that the grid does not train is an error (a typo would
+    otherwise silently produce no galleries).
+    """
+    settings = gradcam_settings(config)
+    if settings is None:
+        return []
+    wanted = settings["configurations"]
+    if wanted != "all":
+        known = {c.config_name for c in grid.cells}
+        unknown = sorted(set(wanted) - known)
+        if unknown:
+            raise MedcliError(f"config key gradcam.configurations: {', '.join(unknown)} not trained by this grid; "
+                              f"choose among {', '.join(sorted(known))} (or 'all')")
+    seeds, folds = {int(s) for s in settings["seeds"]}, {int(f) for f in settings["folds"]}
+    return [c for c in grid.cells
+            if (wanted == "all" or c.config_name in wanted) and c.seed in seeds and c.fold in folds]
+
+
+def gradcam_args(config: dict) -> str:
+    """``medcli gradcam`` options (beyond the run folder and the split) from the config's ``gradcam`` section."""
+    s = gradcam_settings(config) or GRADCAM_DEFAULTS
+    return f"--method {_quote(s['method'])} --n {int(s['n'])} --target {_quote(s['target'])}"
+
+
 def describe(config: dict, grid: Grid) -> str:
     """The experiment as JSON: resolved config, its hash, the cells and the skipped cells with reasons."""
     import hashlib

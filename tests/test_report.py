@@ -142,9 +142,13 @@ def experiment(tmp_path_factory) -> tuple[Path, dict]:
         "format": "medcli.experiment/1", "medcli_version": "0.1.0", "config_hash": "sha256:cafe",
         "config": {"report": {"primary_metric": "balanced_accuracy", "reference": "customcnn__scratch"}},
         "cells": cells, "skipped": [SKIPPED], "pretraining": {"epochs": 15, "synth": {"classes": 8, "signal": "shape"}}}))
-    gallery = Path(paths.run_dir(res, "ds", "resnet18", "full", 0, 0)) / "gradcam" / "test" / "gallery_benign.png"
-    gallery.parent.mkdir(parents=True)
-    gallery.write_bytes(b"\x89PNG\r\n\x1a\n")
+    cam_dir = Path(paths.gradcam_dir(paths.run_dir(res, "ds", "resnet18", "full", 0, 0), "test"))
+    cam_dir.mkdir(parents=True)
+    (cam_dir / "gallery_benign.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    Path(paths.gradcam_index_file(cam_dir.parent.parent, "test")).write_text(json.dumps({
+        "format": "medcli.gradcam/1", "method": "gradcam++", "target": "pred", "normalization": "per-image min-max",
+        "galleries": {"benign": "gallery_benign.png", "malignant": "gallery_malignant.png"},  # second one not written
+        "faithfulness": {"fraction": 0.2, "n": 4, "mean_score": 0.25, "mean_drop_keep_top20": 0.05, "mean_drop_remove_top20": 0.3}}))
     return res, truth
 
 
@@ -315,8 +319,19 @@ def test_figures_exist_and_every_link_is_relative(experiment, report):
     links = re.findall(r"\]\(([^)]+)\)", report["md"])
     assert len([x for x in links if x.startswith("figures/")]) == 3
     assert any(x.endswith("gradcam/test/gallery_benign.png") for x in links)
+    assert not any("gallery_malignant" in x for x in links)  # listed in index.json but absent: no dead link
     for link in links:
         assert not os.path.isabs(link) and (report["md_path"].parent / link).is_file(), link
+
+
+def test_gradcam_section_compares_faithfulness(report):
+    (entry,) = report["ds"]["gradcam"]
+    assert (entry["config"], entry["seed"], entry["fold"], entry["method"], entry["n"]) == ("resnet18__full", 0, 0, "gradcam++", 4)
+    assert entry["score"] == pytest.approx(0.25)
+    section = report["md"].split("### Grad-CAM", 1)[1].split("\n### ", 1)[0]
+    row = next(line for line in section.splitlines() if line.startswith("| `resnet18__full`"))
+    assert "+0.250" in row and "+0.050" in row and "+0.300" in row and "[benign](" in row
+    assert "normalised per image" in section
 
 
 def test_summary_csv_is_tidy(experiment, report):

@@ -14,6 +14,7 @@ import yaml
 
 from medcli import paths
 from medcli import workflow as wf
+from medcli.errors import MedcliError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "slurm" / "config.yaml"
@@ -99,6 +100,30 @@ def test_rerun_triggers_only_on_relevant_changes():
     assert wf.train_args(changed, cell) != before[0]
 
 
+def test_gradcam_runs_follow_the_config():
+    config = _demo()
+    grid = wf.expand_grid(config)
+    chosen = wf.gradcam_cells(config, grid)
+    assert {c.config_name for c in chosen} == {c.config_name for c in grid.cells}
+    assert {(c.seed, c.fold) for c in chosen} == {(0, 0)}
+    config["gradcam"] = {"configurations": ["resnet18__full"], "seeds": [1], "folds": [1, 2], "method": "gradcam++", "n": 3}
+    chosen = wf.gradcam_cells(config, grid)
+    assert sorted((c.config_name, c.seed, c.fold) for c in chosen) == [("resnet18__full", 1, 1), ("resnet18__full", 1, 2)]
+    assert wf.gradcam_args(config) == "--method gradcam++ --n 3 --target pred"
+    config["gradcam"]["configurations"] = ["resnet18__fulll"]
+    with pytest.raises(MedcliError, match="gradcam.configurations: resnet18__fulll"):
+        wf.gradcam_cells(config, grid)
+    del config["gradcam"]
+    assert wf.gradcam_cells(config, grid) == []
+
+
+def test_config_schema_offers_every_registered_cam_method():
+    from medcli.gradcam import list_methods
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert schema["properties"]["gradcam"]["properties"]["method"]["enum"] == list_methods()
+
+
 def test_big_grid_dry_run_is_quick(tmp_path):
     config = yaml.safe_load(TINY.read_text())
     config["datasets"] = {"a": {"path": str(tmp_path / "a"), "folds": 5}, "b": {"path": str(tmp_path / "b"), "folds": 5}}
@@ -121,6 +146,10 @@ def test_tiny_workflow_runs_locally_and_resumes_nothing_twice(tmp_path):
     run = Path(tmp_path, paths.run_dir("results", "tiny", "customcnn", "scratch", 0, 1))
     assert (run / "metrics" / "test.json").exists()
     assert list((tmp_path / "logs" / "train" / "tiny").rglob("*.log"))
+    cams = Path(tmp_path, paths.run_dir("results", "tiny", "customcnn", "scratch", 0, 0))
+    assert Path(paths.gradcam_index_file(cams, "test")).is_file()
+    assert not Path(paths.gradcam_dir(run, "test")).exists()  # only fold 0 of the first seed by default
+    assert "### Grad-CAM" in summary and "gradcam/test/gallery_" in summary
     again = _snakemake(tmp_path, "--cores", "2")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 

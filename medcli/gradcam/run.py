@@ -34,8 +34,7 @@ FAITHFULNESS_DEFINITION = (
 
 def output_dir(run_dir: str | os.PathLike, split: str) -> str:
     """``<run>/gradcam/<split>``: overlays, galleries and ``index.json`` of one split."""
-    run = os.path.dirname(paths.figures_dir(run_dir))
-    return os.path.join(run, "gradcam", split)
+    return paths.gradcam_dir(run_dir, split)
 
 
 def read_predictions(path: str | os.PathLike, classes: list[str]) -> pd.DataFrame:
@@ -217,7 +216,7 @@ def explain_run(
                 "per_class": {cls: _summary([e for e in entries if e["label"] == cls]) for cls in galleries},
             },
         }
-        write_json(staging / "index.json", document)
+        write_json(staging / paths.GRADCAM_INDEX, document)  # the staging folder becomes paths.gradcam_dir
         _swap_in(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

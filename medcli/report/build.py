@@ -23,7 +23,7 @@ from pathlib import Path
 from .. import paths
 from .._io import read_json, write_json, write_text
 from ..errors import MedcliError
-from .collect import (METRICS, VAL_FROM_METRICS, Run, collect_ensembles, collect_runs, experiment_cells, gradcam_galleries,
+from .collect import (METRICS, VAL_FROM_METRICS, Run, collect_ensembles, collect_runs, experiment_cells, gradcam_indexes,
                       load_experiment, missing_runs)
 from .facts import current_splits_fingerprint, data_facts, provenance
 from .summary import (LOWER_IS_BETTER, check_primary, choose_reference, columns_for, compare_with_reference, comparability,
@@ -206,12 +206,19 @@ def _figures(results: Path, dataset: str, runs: list[Run], summary: dict, base: 
 
 
 def _gradcam(runs: list[Run], base: Path) -> list[dict]:
+    """One entry per explained run × split: method, faithfulness means (from ``index.json``) and gallery links."""
     out = []
-    for r in runs:
-        by_split = defaultdict(list)
-        for split, cls, file in gradcam_galleries(r):
-            by_split[split].append({"class": cls, "file": _link(file, base)})
-        out += [{"run": r.rel, "split": split, "galleries": galleries} for split, galleries in sorted(by_split.items())]
+    for r in sorted(runs, key=lambda r: (r.config, r.key.seed, r.key.fold)):
+        for split, folder, index in gradcam_indexes(r):
+            faith = index.get("faithfulness") or {}
+            galleries = [{"class": cls, "file": _link(Path(folder) / name, base)}
+                         for cls, name in index["galleries"].items() if (Path(folder) / name).is_file()]
+            out.append({"run": r.rel, "config": r.config, "seed": r.key.seed, "fold": r.key.fold, "split": split,
+                        "method": index.get("method"), "target": index.get("target"),
+                        "normalization": index.get("normalization"), "n": faith.get("n"),
+                        "score": faith.get("mean_score"), "drop_keep": faith.get("mean_drop_keep_top20"),
+                        "drop_remove": faith.get("mean_drop_remove_top20"), "fraction": faith.get("fraction"),
+                        "galleries": galleries})
     return out
 
 

@@ -232,13 +232,20 @@ def experiment_cells(experiment: dict | None) -> set[tuple] | None:
             for c in experiment["cells"]}
 
 
-def gradcam_galleries(run: Run) -> list[tuple[str, str, str]]:
-    """``(split, class, file)`` for every Grad-CAM gallery of a run (``<run>/gradcam/<split>/gallery_<class>.png``)."""
-    pattern = os.path.join(glob.escape(run.path), "gradcam", "*", "gallery_*.png")
+def gradcam_indexes(run: Run) -> list[tuple[str, str, dict]]:
+    """``(split, folder, index)`` for every ``medcli gradcam`` output of a run (``paths.gradcam_index_file``).
+
+    An unreadable or foreign ``index.json`` is skipped: explanations are an illustration, never a reason to fail.
+    """
+    pattern = paths.gradcam_index_file(glob.escape(run.path), "*")
     out = []
     for file in sorted(glob.glob(pattern)):
-        name = Path(file).stem[len("gallery_"):]
-        out.append((Path(file).parent.name, name, file))
+        try:
+            index = read_json(file)
+        except MedcliError:
+            continue
+        if str(index.get("format", "")).startswith("medcli.gradcam/") and isinstance(index.get("galleries"), dict):
+            out.append((Path(file).parent.name, str(Path(file).parent), index))
     return out
 
 

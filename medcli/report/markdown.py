@@ -311,10 +311,24 @@ def _figures(d: dict) -> list[str]:
 def _gradcam(d: dict) -> list[str]:
     if not d.get("gradcam"):
         return []
-    lines = ["### Grad-CAM", "", "Galleries written by `medcli gradcam`, per run and split:", ""]
-    for g in d["gradcam"]:
-        lines.append(f"- `{g['run']}`, {g['split']}: " + ", ".join(f"[{x['class']}]({x['file']})" for x in g["galleries"]))
+    entries = d["gradcam"]
+    fraction = next((g["fraction"] for g in entries if g.get("fraction")), 0.2)
+    lines = ["### Grad-CAM", "",
+             f"Where each model looks (`medcli gradcam`): per true class, correctly and wrongly classified images "
+             f"with their CAM overlay. Faithfulness score = confidence drop when the top {fraction:.0%} CAM region is "
+             f"removed minus the drop when only that region is kept (mean over the explained images; higher = the "
+             f"highlighted region matters more to the model). CAM values are min-max normalised per image.", "",
+             "| Configuration | Seed | Fold | Split | Method | Images | Faithfulness score | Drop, region kept | Drop, region removed | Galleries (per true class) |",
+             "|---|--:|--:|---|---|--:|--:|--:|--:|---|"]
+    for g in entries:
+        links = ", ".join(f"[{_escape(x['class'])}]({x['file']})" for x in g["galleries"]) or "none"
+        lines.append(f"| `{g['config']}` | {g['seed']} | {g['fold']} | {g['split']} | {g['method']} | {g['n'] if g['n'] is not None else 'n/a'} "
+                     f"| {_signed(g['score'])} | {_signed(g['drop_keep'])} | {_signed(g['drop_remove'])} | {links} |")
     return lines + [""]
+
+
+def _escape(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("[", "\\[").replace("]", "\\]")
 
 
 def _sources(name: str, d: dict) -> list[str]:

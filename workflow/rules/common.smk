@@ -30,6 +30,7 @@ wildcard_constraints:
     strategy="|".join(sorted(config["strategies"])) or "-",
     seed=r"-?\d+",
     fold=r"\d+",
+    split="test|val",
 
 
 def resources_of(stage):
@@ -149,4 +150,12 @@ def all_ensembles():
         if len(ensemble_member_configs(d, name)) >= 2
         for method in spec.get("methods", ["greedy"])
         for seed in config["seeds"]
+    ]
+
+
+def all_gradcam():
+    split = (grid_lib.gradcam_settings(config) or {}).get("split", "test")
+    return [
+        paths.gradcam_index_file(paths.run_dir(RESULTS, c.dataset, c.backbone, c.strategy, c.seed, c.fold), split)
+        for c in grid_lib.gradcam_cells(config, GRID)
     ]

@@ -21,6 +21,7 @@ rule report:
         splits=[paths.splits_file(RESULTS, d) for d in config["datasets"]],
         metrics=all_runs(lambda run: paths.metrics_file(run, "test")),
         ensembles=all_ensembles(),
+        gradcam=all_gradcam(),
     output:
         md=report(SUMMARY, category="Summary"),
         csv=paths.summary_file(RESULTS, "csv"),
