@@ -131,15 +131,26 @@ def build_optimizer(cfg: TrainConfig, param_groups: list[dict]) -> torch.optim.O
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def train_one_epoch(model, loader, images: ImageSet, optimizer, scheduler, loss_fn, accelerator, norm, augment, epoch: int, cfg: TrainConfig, bar=None) -> dict:
+def image_inputs(images: ImageSet, norm, device, *, augment: AugmentSettings | None = None, channels_last: bool = False):
+    """``inputs(positions, generator) -> model input``: uint8 pixels from the store, [augmented,] normalized."""
+
+    def inputs(idx: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        pixels = images.pixels(idx).to(device, non_blocking=True)
+        return to_model_input(pixels, *norm, augment=augment, generator=generator, channels_last=channels_last)
+
+    return inputs
+
+
+def train_one_epoch(model, loader, inputs, labels: torch.Tensor, optimizer, scheduler, loss_fn, accelerator, epoch: int, cfg: TrainConfig, bar=None) -> dict:
+    """One pass over ``loader`` (positions); ``inputs(positions, generator)`` gives the batch ``model`` reads."""
     device = accelerator.device
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + accelerator.process_index)
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.float64)
     seen = torch.zeros((), device=device, dtype=torch.float64)
     for step, (idx,) in enumerate(loader):
-        x = to_model_input(images.pixels(idx).to(device, non_blocking=True), *norm, augment=augment, generator=generator, channels_last=cfg.channels_last)
-        y = images.labels[idx.cpu()].to(device, non_blocking=True)
+        x = inputs(idx, generator)
+        y = labels[idx.cpu()].to(device, non_blocking=True)
         with accelerator.autocast():
             logits = model(x)
         loss = loss_fn(logits.float(), y)
@@ -160,13 +171,13 @@ def train_one_epoch(model, loader, images: ImageSet, optimizer, scheduler, loss_
 
 
 @torch.no_grad()
-def predict(model, loader, images: ImageSet, accelerator, norm, cfg: TrainConfig) -> np.ndarray:
-    """Logits ``(N, C)`` for every image of ``images``, in order, gathered from all processes."""
+def predict(model, loader, inputs, accelerator) -> np.ndarray:
+    """Logits ``(N, C)`` for every position of ``loader``, in order, gathered from all processes."""
     model.eval()
     device = accelerator.device
     chunks, positions = [], []
     for (idx,) in loader:
-        x = to_model_input(images.pixels(idx).to(device), *norm, channels_last=cfg.channels_last)
+        x = inputs(idx)
         with accelerator.autocast():
             logits = model(x)
         idx, logits = accelerator.gather_for_metrics((idx.to(device), logits.float()))
@@ -223,6 +234,8 @@ def train(cfg: TrainConfig) -> dict:
     weights = class_weights(fold.train.labels, n_classes) if cfg.class_weights else None
     loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(accelerator.device), label_smoothing=cfg.label_smoothing)
     augment = AugmentSettings(cfg.augment, cfg.hflip, cfg.rotate, cfg.zoom, cfg.shift)
+    train_inputs = image_inputs(fold.train, norm, accelerator.device, augment=augment, channels_last=cfg.channels_last)
+    val_inputs = image_inputs(fold.val, norm, accelerator.device, channels_last=cfg.channels_last)
 
     # --batch-size is the global batch: N processes each take 1/N of it, so results do not depend on N.
     per_process = max(1, min(cfg.batch_size, len(fold.train)) // accelerator.num_processes)
@@ -264,8 +277,8 @@ def train(cfg: TrainConfig) -> dict:
         t0 = time.perf_counter()
         set_train_mode(accelerator.unwrap_model(prepared), phase)
         with _epoch_bar(cfg, accelerator, epoch, len(train_loader)) as bar:
-            stats = train_one_epoch(prepared, train_loader, fold.train, optimizer, scheduler, loss_fn, accelerator, norm, augment, epoch, cfg, bar)
-        logits = predict(prepared, val_loader, fold.val, accelerator, norm, cfg)
+            stats = train_one_epoch(prepared, train_loader, train_inputs, fold.train.labels, optimizer, scheduler, loss_fn, accelerator, epoch, cfg, bar)
+        logits = predict(prepared, val_loader, val_inputs, accelerator)
         stats.update(val_metrics(logits, fold.val.labels.numpy()))
         score = stats["val_loss"] if cfg.monitor == "loss" else stats[f"val_{cfg.monitor}"]
         improved = _is_better(score, best_score, mode)
@@ -291,7 +304,7 @@ def train(cfg: TrainConfig) -> dict:
     if best_state is None:  # resumed after the last epoch's checkpoint: nothing left to train
         raise MedcliError(f"{ckpt_path}: checkpoint has no best weights; delete it and train again")
     model.load_state_dict(best_state)
-    val_logits = predict(accelerator.prepare_model(model), val_loader, fold.val, accelerator, norm, cfg)
+    val_logits = predict(accelerator.prepare_model(model), val_loader, val_inputs, accelerator)
     summary = {
         "best_epoch": best_epoch + 1,
         "best_score": best_score,
