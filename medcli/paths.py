@@ -19,6 +19,7 @@ Layout (see docs/architecture.md for the file formats)::
     <work>/<dataset>/<backbone>__<strategy>/seed-<s>/fold-<k>/checkpoint.pt
                                                        resume state; never a declared output
     <cache>/scan/, <cache>/store/<key>/                decoded-image caches (see medcli.data.store)
+    <cache>/features/<key>/                             frozen-trunk features (see medcli.training.features)
     <logs>/<stage>/<dataset>/<name>.log                 workflow logs (and .benchmark.tsv beside them)
 """
 
@@ -154,6 +155,11 @@ def gradcam_index_file(run: str | os.PathLike, split: str) -> str:
 
 def checkpoint_file(work_run: str | os.PathLike) -> str:
     return _join(work_run, CHECKPOINT_FILE)
+
+
+def features_dir(cache: str | os.PathLike, key: str) -> str:
+    """One feature cache: a frozen trunk's outputs for the images of a dataset's folds (``features.npy``, ``meta.json``)."""
+    return _join(cache, "features", key)
 
 
 def default_cache_dir() -> Path:
