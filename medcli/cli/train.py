@@ -47,7 +47,7 @@ def train_cli(
     label_smoothing: float = typer.Option(0.0, "--label-smoothing", rich_help_panel=_O),
     monitor: str = typer.Option("balanced_accuracy", "--monitor", help="Early-stopping metric: balanced_accuracy, accuracy, macro_f1 or loss.", rich_help_panel=_O),
     patience: int = typer.Option(10, "--patience", help="Epochs without improvement before stopping.", rich_help_panel=_O),
-    augment: bool = typer.Option(True, "--augment/--no-augment", rich_help_panel=_A),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random flips, rotations, zooms and shifts (default: on; off for strategy linear, which then trains its head on frozen-trunk features computed once).", show_default=False, rich_help_panel=_A),
     hflip: bool = typer.Option(True, "--hflip/--no-hflip", help="Random horizontal flips (switch off where laterality matters).", rich_help_panel=_A),
     rotate: float = typer.Option(10.0, "--rotate", help="Max rotation in degrees.", rich_help_panel=_A),
     zoom: float = typer.Option(0.1, "--zoom", help="Max zoom in/out (fraction).", rich_help_panel=_A),
@@ -55,6 +55,7 @@ def train_cli(
     seed: int = typer.Option(0, "--seed", rich_help_panel=_R),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 on GPUs that support it, else fp32), fp32, bf16 or fp16.", rich_help_panel=_R),
     compile_model: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the model.", rich_help_panel=_R),
+    feature_cache: bool = typer.Option(True, "--feature-cache/--no-feature-cache", help="linear without augmentation: compute the frozen trunk's features once, cache them and train the head on them (off: forward every batch through the trunk).", rich_help_panel=_R),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: results/<dataset>/runs/<backbone>__<strategy>/seed-<s>/fold-<k>).", rich_help_panel=_R),
     results: Path = typer.Option(Path("results"), "--results", help="Results root.", rich_help_panel=_R),
     work: Path = typer.Option(Path("work"), "--work", help="Where resume checkpoints live.", rich_help_panel=_R),
@@ -72,7 +73,7 @@ def train_cli(
         freeze_epochs=freeze_epochs, lr_mult=lr_mult, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
         weight_decay=weight_decay, warmup_epochs=warmup_epochs, class_weights=class_weights, label_smoothing=label_smoothing,
         monitor=monitor, patience=patience, augment=augment, hflip=hflip, rotate=rotate, zoom=zoom, shift=shift, seed=seed,
-        precision=precision, compile=compile_model, out=str(out) if out else None, results=str(results), work=str(work),
+        precision=precision, compile=compile_model, feature_cache=feature_cache, out=str(out) if out else None, results=str(results), work=str(work),
         cache_dir=str(cache_dir) if cache_dir else None, workers=workers,
     )
     summary = train(cfg)

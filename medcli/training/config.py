@@ -1,8 +1,8 @@
 """Every setting of one training run, in one typed object.
 
 The CLI and the workflow fill a :class:`TrainConfig`; :func:`resolve` fills in what depends on other settings
-(the backbone's image size, the default weights of a strategy, the output folders); the resolved config is
-written to ``config.json`` in the run folder together with versions and fingerprints.
+(the backbone's image size, the default weights and augmentation of a strategy, the output folders); the resolved
+config is written to ``config.json`` in the run folder together with versions and fingerprints.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ OPTIMIZERS = ("adamw", "sgd")
 MONITORS = {"balanced_accuracy": "max", "accuracy": "max", "macro_f1": "max", "loss": "min"}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
-# Settings that do not change what is computed; they are left out of the resume key.
-_NOT_IN_KEY = {"out", "work", "results", "cache_dir", "workers", "progress"}
+# Settings that do not change what is computed; they are left out of the resume key. ``feature_cache`` changes
+# only how the frozen trunk's outputs are obtained (equal up to floating-point rounding), and a checkpoint holds
+# the whole model either way.
+_NOT_IN_KEY = {"out", "work", "results", "cache_dir", "workers", "progress", "feature_cache"}
 
 
 @dataclass
@@ -60,8 +62,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     monitor: str = "balanced_accuracy"
     patience: int = 10
-    # augmentation
-    augment: bool = True
+    # augmentation (None: off for strategy linear, whose frozen features are then computed once; on otherwise)
+    augment: bool | None = None
     hflip: bool = True
     rotate: float = 10.0
     zoom: float = 0.1
@@ -71,6 +73,7 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool | None = None  # None: on for CUDA
     compile: bool = False
+    feature_cache: bool = True  # head-only training without augmentation reads cached trunk outputs (training.features)
     # where things go
     results: str = "results"
     work: str = "work"
@@ -135,7 +138,19 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     name = cfg.dataset_name or _dataset_name(cfg.data)
     img_size = cfg.img_size or info.input_size
     out = cfg.out or paths.run_dir(cfg.results, name, cfg.backbone, cfg.strategy, cfg.seed, cfg.fold)
-    return replace(cfg, dataset_name=name, weights=weights, img_size=img_size, out=str(out))
+    augment = default_augment(cfg.strategy) if cfg.augment is None else bool(cfg.augment)
+    return replace(cfg, dataset_name=name, weights=weights, img_size=img_size, out=str(out), augment=augment)
+
+
+def default_augment(strategy: str) -> bool:
+    """Augmentation when ``--augment/--no-augment`` is not given: off for ``linear``, on for the others.
+
+    A linear probe trains one layer on a frozen trunk's outputs; as in eva's and CLIP's linear evaluation it
+    sees each image's features as they are, and without augmentation those features are computed once and
+    cached (see :mod:`medcli.training.features`). The other strategies train the trunk, which augmentation
+    regularizes. The resolved value is what ``config.json`` records.
+    """
+    return strategy != "linear"
 
 
 def _dataset_name(data: str) -> str:

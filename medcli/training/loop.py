@@ -2,8 +2,13 @@
 
 Reads top-down like torchvision's reference script: :func:`train` resolves the config, loads the fold
 (:func:`load_fold`), builds the model and the strategy plan, then alternates :func:`train_one_epoch` and
-:func:`evaluate`, keeping a real copy of the best epoch's weights, checkpointing every epoch to the work folder
+:func:`predict`, keeping a real copy of the best epoch's weights, checkpointing every epoch to the work folder
 (so a killed run resumes), and finally writes the run folder (see docs/architecture.md).
+
+Both functions read batches through an ``inputs(positions, generator)`` function: images from the store
+(:func:`image_inputs`), or, when the plan trains the head alone on a frozen trunk without augmentation, the
+trunk's outputs computed once (:mod:`medcli.training.features`); then only the head runs, and the saved model
+is still the whole model.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +28,9 @@ from .. import paths
 from ..errors import MedcliError
 from .batches import AugmentSettings, ImageSet, index_loader, normalization, to_model_input
 from .config import MONITORS, TrainConfig, resolve, work_dir
+
+if TYPE_CHECKING:
+    from ..data.store import ImageStore
 
 log = logging.getLogger("medcli")
 
@@ -41,6 +50,8 @@ class Fold:
     data_fingerprint: str
     store_key: str
     interpolation: str
+    store: ImageStore  # every labelled image of the dataset, decoded
+    pool_ids: list[str]  # train + val of every fold: the images a feature cache covers
 
 
 def make_accelerator(cfg: TrainConfig):
@@ -102,6 +113,8 @@ def load_fold(cfg: TrainConfig, accelerator) -> Fold:
         data_fingerprint=doc["dataset"]["fingerprint"],
         store_key=store.key,
         interpolation=info.interpolation,
+        store=store,
+        pool_ids=sorted({i for f in doc["folds"] for i in (*f["train"], *f["val"])}),
     )
 
 
@@ -213,6 +226,7 @@ def train(cfg: TrainConfig) -> dict:
 
     from ..models import create_model
     from ..strategies import build_plan, set_train_mode
+    from .features import cache_problem, feature_inputs, fold_features, trains_head_only
     from .outputs import write_outputs
 
     cfg = resolve(cfg)
@@ -234,8 +248,6 @@ def train(cfg: TrainConfig) -> dict:
     weights = class_weights(fold.train.labels, n_classes) if cfg.class_weights else None
     loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(accelerator.device), label_smoothing=cfg.label_smoothing)
     augment = AugmentSettings(cfg.augment, cfg.hflip, cfg.rotate, cfg.zoom, cfg.shift)
-    train_inputs = image_inputs(fold.train, norm, accelerator.device, augment=augment, channels_last=cfg.channels_last)
-    val_inputs = image_inputs(fold.val, norm, accelerator.device, channels_last=cfg.channels_last)
 
     # --batch-size is the global batch: N processes each take 1/N of it, so results do not depend on N.
     per_process = max(1, min(cfg.batch_size, len(fold.train)) // accelerator.num_processes)
@@ -253,6 +265,18 @@ def train(cfg: TrainConfig) -> dict:
     if state:
         model.load_state_dict(state["model"])
         log.info("resuming from %s after epoch %d", ckpt_path, start)
+    problem = cache_problem(cfg, model, plan)
+    if problem is None:  # head-only training on the frozen trunk's outputs, computed once (training/features.py)
+        features = fold_features(cfg, fold, model, mean, std, norm, accelerator, precision)
+        net, cache_info = model.head, features.info
+        train_inputs = feature_inputs(features.train, accelerator.device)
+        val_inputs = feature_inputs(features.val, accelerator.device)
+    else:
+        if trains_head_only(model, plan):
+            log.info("feature cache not used: %s", problem)
+        net, cache_info = model, {"used": False, "reason": problem}
+        train_inputs = image_inputs(fold.train, norm, accelerator.device, augment=augment, channels_last=cfg.channels_last)
+        val_inputs = image_inputs(fold.val, norm, accelerator.device, channels_last=cfg.channels_last)
     log.info("training %s/%s on %s fold %d: %d train, %d val images, %d classes, %s, %d process(es), %s",
              cfg.backbone, cfg.strategy, cfg.dataset_name, cfg.fold, len(fold.train), len(fold.val), n_classes,
              accelerator.device, accelerator.num_processes, precision)
@@ -263,9 +287,8 @@ def train(cfg: TrainConfig) -> dict:
     for epoch in range(start, cfg.epochs):
         phase = plan.phase(epoch)
         if prepared is None or plan.phase_changes_at(epoch):
-            base = accelerator.unwrap_model(prepared) if prepared is not None else model
-            plan.apply(base, epoch)
-            prepared = accelerator.prepare_model(base)
+            plan.apply(model, epoch)
+            prepared = accelerator.prepare_model(net)  # `model` itself, or its head alone on cached features
             optimizer = accelerator.prepare_optimizer(build_optimizer(cfg, phase.param_groups))
             steps = len(train_loader) * (phase.stop - phase.start)
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, int(cfg.warmup_epochs * len(train_loader)), cfg.min_lr_ratio))
@@ -275,7 +298,7 @@ def train(cfg: TrainConfig) -> dict:
         train_loader.set_epoch(epoch)
         torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout draws depend on (seed, epoch) only: resumable
         t0 = time.perf_counter()
-        set_train_mode(accelerator.unwrap_model(prepared), phase)
+        set_train_mode(model, phase)
         with _epoch_bar(cfg, accelerator, epoch, len(train_loader)) as bar:
             stats = train_one_epoch(prepared, train_loader, train_inputs, fold.train.labels, optimizer, scheduler, loss_fn, accelerator, epoch, cfg, bar)
         logits = predict(prepared, val_loader, val_inputs, accelerator)
@@ -284,7 +307,7 @@ def train(cfg: TrainConfig) -> dict:
         improved = _is_better(score, best_score, mode)
         if improved:
             best_score, best_epoch, bad_epochs = score, epoch, 0
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in accelerator.unwrap_model(prepared).state_dict().items()}
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
         row = {"epoch": epoch + 1, "phase": phase.name, **stats, "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - t0}
@@ -295,16 +318,15 @@ def train(cfg: TrainConfig) -> dict:
             stopped_early = True
             log.info("early stopping: no %s improvement for %d epochs", cfg.monitor, bad_epochs)
         if accelerator.is_main_process and not stopped_early and epoch + 1 < cfg.epochs:
-            _save_checkpoint(ckpt_path, cfg, epoch + 1, accelerator.unwrap_model(prepared), optimizer, scheduler, best_state, best_score, best_epoch, bad_epochs, history)
+            _save_checkpoint(ckpt_path, cfg, epoch + 1, model, optimizer, scheduler, best_state, best_score, best_epoch, bad_epochs, history)
         accelerator.wait_for_everyone()
         if stopped_early:
             break
 
-    model = accelerator.unwrap_model(prepared) if prepared is not None else model
     if best_state is None:  # resumed after the last epoch's checkpoint: nothing left to train
         raise MedcliError(f"{ckpt_path}: checkpoint has no best weights; delete it and train again")
     model.load_state_dict(best_state)
-    val_logits = predict(accelerator.prepare_model(model), val_loader, val_inputs, accelerator)
+    val_logits = predict(accelerator.prepare_model(net), val_loader, val_inputs, accelerator)
     summary = {
         "best_epoch": best_epoch + 1,
         "best_score": best_score,
@@ -321,6 +343,7 @@ def train(cfg: TrainConfig) -> dict:
         "class_weights": None if weights is None else [float(w) for w in weights],
         "n_train": len(fold.train),
         "n_val": len(fold.val),
+        "feature_cache": cache_info,
         "out": cfg.out,
         "main_process": accelerator.is_main_process,
     }
