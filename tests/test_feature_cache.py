@@ -192,6 +192,13 @@ def test_killed_cached_run_resumes_to_the_same_result(dataset, tmp_path, weights
     monkeypatch.setattr(loop_mod, "_save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
+    # The frozen trunk is not rewritten every epoch: the checkpoint holds the head and the trunk's hash.
+    resolved = resolve(cfg)
+    ckpt = paths.checkpoint_file(paths.work_dir(resolved.work, "d", "resnet18", "linear", 0, 0))
+    state = torch.load(ckpt, weights_only=True)
+    assert state["model"] and not any(k.startswith("trunk.") for k in (*state["model"], *state["best_state"]))
+    assert state["trunk_sha256"] == features_mod.trunk_fingerprint(create_model("resnet18", 3, in_channels=1, weights=weights).trunk)
+    assert loop_mod._load_checkpoint(ckpt, resolved, "other weights") is None  # another trunk: start over
     monkeypatch.setattr(loop_mod, "_save_checkpoint", real_save)
     resumed = train(cfg)
     assert resumed["feature_cache"]["used"] and not resumed["feature_cache"]["built"]

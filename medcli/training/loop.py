@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("medcli")
 
-CHECKPOINT_FORMAT = "medcli.checkpoint/1"
+CHECKPOINT_FORMAT = "medcli.checkpoint/2"  # 2: head-only states and trunk_sha256 when the trunk stays frozen
 
 
 @dataclass
@@ -226,7 +226,7 @@ def train(cfg: TrainConfig) -> dict:
 
     from ..models import create_model
     from ..strategies import build_plan, set_train_mode
-    from .features import cache_problem, feature_inputs, fold_features, trains_head_only
+    from .features import cache_problem, feature_inputs, fold_features, trains_head_only, trunk_fingerprint
     from .outputs import write_outputs
 
     cfg = resolve(cfg)
@@ -258,7 +258,12 @@ def train(cfg: TrainConfig) -> dict:
         raise MedcliError(f"fold {cfg.fold} has {len(fold.train)} training images, too few for {accelerator.num_processes} process(es)")
     mode = MONITORS[cfg.monitor]
     ckpt_path = paths.checkpoint_file(work_dir(cfg))
-    state = _load_checkpoint(ckpt_path, cfg) if os.path.exists(ckpt_path) else None
+    # A plan that never trains the trunk keeps it exactly as loaded from the weights: checkpoints then hold the head
+    # alone and the trunk's hash, which a resumed run checks against the trunk it has just rebuilt.
+    frozen_trunk = trunk_fingerprint(model.trunk) if trains_head_only(model, plan) else None
+    state = _load_checkpoint(ckpt_path, cfg, frozen_trunk) if os.path.exists(ckpt_path) else None
+    if state and frozen_trunk:
+        state["model"], state["best_state"] = _with_trunk(state["model"], model), _with_trunk(state["best_state"], model)
     start = state["epoch"] if state else 0
     history: list[dict] = state["history"] if state else []
     best_state, best_score, best_epoch, bad_epochs = (state["best_state"], state["best_score"], state["best_epoch"], state["bad_epochs"]) if state else (None, None, -1, 0)
@@ -267,7 +272,7 @@ def train(cfg: TrainConfig) -> dict:
         log.info("resuming from %s after epoch %d", ckpt_path, start)
     problem = cache_problem(cfg, model, plan)
     if problem is None:  # head-only training on the frozen trunk's outputs, computed once (training/features.py)
-        features = fold_features(cfg, fold, model, mean, std, norm, accelerator, precision)
+        features = fold_features(cfg, fold, model, mean, std, norm, accelerator, precision, frozen_trunk)
         net, cache_info = model.head, features.info
         train_inputs = feature_inputs(features.train, accelerator.device)
         val_inputs = feature_inputs(features.val, accelerator.device)
@@ -318,7 +323,8 @@ def train(cfg: TrainConfig) -> dict:
             stopped_early = True
             log.info("early stopping: no %s improvement for %d epochs", cfg.monitor, bad_epochs)
         if accelerator.is_main_process and not stopped_early and epoch + 1 < cfg.epochs:
-            _save_checkpoint(ckpt_path, cfg, epoch + 1, model, optimizer, scheduler, best_state, best_score, best_epoch, bad_epochs, history)
+            _save_checkpoint(ckpt_path, cfg, epoch + 1, model, optimizer, scheduler, best_state, best_score, best_epoch, bad_epochs, history,
+                             frozen_trunk=frozen_trunk)
         accelerator.wait_for_everyone()
         if stopped_early:
             break
@@ -392,14 +398,20 @@ def _log_epoch(row: dict, cfg: TrainConfig, improved: bool) -> None:
     )
 
 
-def _save_checkpoint(path: str, cfg: TrainConfig, epoch: int, model, optimizer, scheduler, best_state, best_score, best_epoch, bad_epochs, history) -> None:
+def _save_checkpoint(path: str, cfg: TrainConfig, epoch: int, model, optimizer, scheduler, best_state, best_score, best_epoch, bad_epochs, history,
+                     *, frozen_trunk: str | None = None) -> None:
+    """Write the resume state; with ``frozen_trunk`` (the trunk's hash) the trunk's tensors are left out."""
     from .._io import atomic_path
 
+    model_state = model.state_dict()
+    if frozen_trunk:  # a frozen trunk equals the loaded weights: rewriting it every epoch would only cost time
+        model_state, best_state = _head_part(model_state), _head_part(best_state)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "key": cfg.key(),
         "epoch": epoch,
-        "model": model.state_dict(),
+        "model": model_state,
+        "trunk_sha256": frozen_trunk,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "best_state": best_state,
@@ -412,7 +424,7 @@ def _save_checkpoint(path: str, cfg: TrainConfig, epoch: int, model, optimizer, 
         torch.save(payload, tmp)
 
 
-def _load_checkpoint(path: str, cfg: TrainConfig) -> dict | None:
+def _load_checkpoint(path: str, cfg: TrainConfig, frozen_trunk: str | None = None) -> dict | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged checkpoint only costs the time to redo it
@@ -421,4 +433,20 @@ def _load_checkpoint(path: str, cfg: TrainConfig) -> dict | None:
     if state.get("format") != CHECKPOINT_FORMAT or state.get("key") != cfg.key():
         log.info("checkpoint %s belongs to different settings; starting over", path)
         return None
+    if state.get("trunk_sha256") != frozen_trunk:
+        log.info("checkpoint %s was saved with other trunk weights; starting over", path)
+        return None
     return state
+
+
+def _head_part(state: dict | None) -> dict | None:
+    return None if state is None else {k: v for k, v in state.items() if not k.startswith("trunk.")}
+
+
+def _with_trunk(head_state: dict | None, model) -> dict | None:
+    """A head-only state completed with ``model``'s trunk tensors (copies, on the CPU)."""
+    if head_state is None:
+        return None
+    full = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k.startswith("trunk.")}
+    full.update(head_state)
+    return full
