@@ -26,6 +26,15 @@ from medcli.training.batches import to_model_input
 from .test_training import _cfg, _history, dataset  # noqa: F401  (dataset is a fixture)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The models here are tiny: a second CPU thread only adds synchronisation, a lot of it on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def builds(monkeypatch) -> list[int]:
     """Counts feature computations: one entry (the number of images) per cache build."""
