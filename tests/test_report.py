@@ -38,6 +38,7 @@ SEEDS, FOLDS, N_TRAIN, N_VAL = (0, 1), (0, 1, 2), 60, 30
 MISSING = ("resnet18", "full", 1, 2)  # a cell of the experiment that never produced a folder
 NOT_EVALUATED = ("customcnn", "full", 0, 1)  # trained, never passed through `medcli eval`
 NO_VAL_METRICS = ("resnet18", "scratch", 1, 0)  # predictions/val.csv only
+LONGER = ("customcnn", "scratch", 1, 1)  # trained for 5 epochs where its configuration's other runs had 4
 SKIPPED = {"dataset": "ds", "backbone": "customcnn", "strategy": "linear", "reason": "a linear probe needs pretrained weights"}
 GOLDEN = Path(__file__).parent / "golden" / "summary_structure.md"
 TEST_Y = np.repeat(np.arange(3), 10)
@@ -104,7 +105,8 @@ def _write_run(res: Path, dataset: str, run: tuple, cfg_index: int, truth: dict,
         Path(paths.metrics_file(folder, "test")).write_text(json.dumps(_metrics_doc(run, "test", TEST_Y, test_probs)))
     (folder / "config.json").write_text(json.dumps({
         "format": "medcli.run/1", "classes": CLASSES,
-        "config": {"backbone": backbone, "strategy": strategy, "seed": seed, "fold": fold, "epochs": 4, "img_size": 64, "batch_size": 32},
+        "config": {"backbone": backbone, "strategy": strategy, "seed": seed, "fold": fold, "epochs": 5 if run == LONGER else 4,
+                   "img_size": 64, "batch_size": 32, "augment": strategy != "full"},
         "summary": {"best_epoch": 3, "n_train": N_TRAIN, "n_val": N_VAL, "train_seconds": 10.0 + fold + 2 * seed, "device": "cpu",
                     "precision": "fp32", "num_processes": 1},
         "data_fingerprint": "sha256:data", "splits_fingerprint": split_fp,
@@ -322,6 +324,16 @@ def test_figures_exist_and_every_link_is_relative(experiment, report):
     assert not any("gallery_malignant" in x for x in links)  # listed in index.json but absent: no dead link
     for link in links:
         assert not os.path.isabs(link) and (report["md_path"].parent / link).is_file(), link
+
+
+def test_setting_differences_within_a_configuration_are_flagged_between_configurations_noted(report):
+    checks = report["ds"]["checks"]
+    (within,) = [c for c in checks if c["ok"] is False and "runs of one configuration" in c["text"]]
+    assert "epochs in `customcnn__scratch` (4, 5)" in within["text"]
+    (between,) = [c for c in checks if c["ok"] is None]
+    assert "augment: False for `customcnn__full`, `resnet18__full`; True for `customcnn__scratch`, `resnet18__scratch`" in between["text"]
+    assert "epochs" not in between["text"]
+    assert "- **Check**: runs of one configuration" in report["md"] and "- Note: configurations differ" in report["md"]
 
 
 def test_gradcam_section_compares_faithfulness(report):

@@ -224,7 +224,8 @@ def _comparison(d: dict) -> list[str]:
 
 def _checks(d: dict) -> list[str]:
     lines = ["### Is the comparison clean?", ""]
-    lines += [f"- {'OK' if c['ok'] else '**Check**'}: {c['text']}." for c in d["checks"]]
+    labels = {True: "OK", False: "**Check**", None: "Note"}
+    lines += [f"- {labels[c['ok']]}: {c['text']}." for c in d["checks"]]
     return lines + [""]
 
 

@@ -302,13 +302,25 @@ def comparability(runs: list[Run], rows: list[dict], *, splits_fingerprint: str 
         checks.append({"ok": False, "text": f"test columns are scored on different numbers of test images ({sorted(sizes)})"})
     elif sizes:
         checks.append({"ok": True, "text": f"every test column is scored on the same {sizes.pop()} held-out test images"})
-    differing = []
+    within, between = [], []
     for key in PROTOCOL_KEYS:
-        values = {str((r.doc.get("config") or {}).get(key)) for r in runs if key in (r.doc.get("config") or {})}
-        if len(values) > 1:
-            differing.append(f"{key} ({', '.join(sorted(values))})")
-    if differing:
-        checks.append({"ok": False, "text": "training settings differ between runs: " + "; ".join(differing)})
+        by_config = defaultdict(set)
+        for r in runs:
+            if key in (r.doc.get("config") or {}):
+                by_config[r.config].add(str(r.doc["config"][key]))
+        mixed = sorted(c for c, values in by_config.items() if len(values) > 1)
+        if mixed:
+            within.append(f"{key} in " + ", ".join(f"`{c}` ({', '.join(sorted(by_config[c]))})" for c in mixed))
+        elif len({v for values in by_config.values() for v in values}) > 1:
+            groups = defaultdict(list)
+            for c, values in sorted(by_config.items()):
+                groups[next(iter(values))].append(f"`{c}`")
+            between.append(f"{key}: " + "; ".join(f"{value} for {', '.join(cs)}" for value, cs in sorted(groups.items())))
+    if within:
+        checks.append({"ok": False, "text": "runs of one configuration were trained with different settings: " + "; ".join(within)})
+    if between:
+        checks.append({"ok": None, "text": "configurations differ in these training settings (by the config or a strategy's "
+                       "default, so part of what is compared): " + " | ".join(between)})
     revisions = {str(r.doc.get("git_revision")) for r in runs}
     dirty = sum(1 for r in runs if str(r.doc.get("git_revision") or "").endswith("-dirty"))
     if len(revisions) > 1 or dirty:
