@@ -184,3 +184,18 @@ def test_two_processes_with_torchrun_write_one_set_of_outputs(dataset, tmp_path)
     with open(run / "predictions" / "val.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == config["summary"]["n_val"] and len({r["id"] for r in rows}) == len(rows)
+
+
+def test_compile_trains_the_same_model(dataset, tmp_path, monkeypatch):
+    """--compile runs the model through torch.compile; the numbers are those of the eager run."""
+    eager = train(_cfg(dataset, tmp_path / "eager", epochs=1))
+    real, compiled_modules = torch.compile, []
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: compiled_modules.append(module) or real(module, **kw))
+    compiled = train(_cfg(dataset, tmp_path / "compiled", epochs=1, compile=True))
+    assert compiled_modules, "--compile did not reach torch.compile"
+    for a, b in zip(_history(eager["out"]), _history(compiled["out"])):
+        assert float(a["val_loss"]) == pytest.approx(float(b["val_loss"]), abs=1e-4)
+        assert a["val_balanced_accuracy"] == b["val_balanced_accuracy"]
+    assert json.loads(Path(paths.config_file(compiled["out"])).read_text())["config"]["compile"] is True
+    model, _ = load_model(paths.model_file(compiled["out"]))  # saved without torch.compile's wrapper
+    assert not any("_orig_mod" in k for k in model.state_dict())

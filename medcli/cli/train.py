@@ -54,7 +54,7 @@ def train_cli(
     shift: float = typer.Option(0.1, "--shift", help="Max shift (fraction of the side).", rich_help_panel=_A),
     seed: int = typer.Option(0, "--seed", rich_help_panel=_R),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 on GPUs that support it, else fp32), fp32, bf16 or fp16.", rich_help_panel=_R),
-    compile_model: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the model.", rich_help_panel=_R),
+    compile_model: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the model (worth it for long GPU runs; the first steps compile).", rich_help_panel=_R),
     feature_cache: bool = typer.Option(True, "--feature-cache/--no-feature-cache", help="linear without augmentation: compute the frozen trunk's features once, cache them and train the head on them (off: forward every batch through the trunk).", rich_help_panel=_R),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: results/<dataset>/runs/<backbone>__<strategy>/seed-<s>/fold-<k>).", rich_help_panel=_R),
     results: Path = typer.Option(Path("results"), "--results", help="Results root.", rich_help_panel=_R),

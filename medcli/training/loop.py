@@ -282,9 +282,9 @@ def train(cfg: TrainConfig) -> dict:
         net, cache_info = model, {"used": False, "reason": problem}
         train_inputs = image_inputs(fold.train, norm, accelerator.device, augment=augment, channels_last=cfg.channels_last)
         val_inputs = image_inputs(fold.val, norm, accelerator.device, channels_last=cfg.channels_last)
-    log.info("training %s/%s on %s fold %d: %d train, %d val images, %d classes, %s, %d process(es), %s",
+    log.info("training %s/%s on %s fold %d: %d train, %d val images, %d classes, %s, %d process(es), %s%s",
              cfg.backbone, cfg.strategy, cfg.dataset_name, cfg.fold, len(fold.train), len(fold.val), n_classes,
-             accelerator.device, accelerator.num_processes, precision)
+             accelerator.device, accelerator.num_processes, precision, ", torch.compile" if cfg.compile else "")
 
     prepared = optimizer = scheduler = None
     stopped_early = False
@@ -294,6 +294,8 @@ def train(cfg: TrainConfig) -> dict:
         if prepared is None or plan.phase_changes_at(epoch):
             plan.apply(model, epoch)
             prepared = accelerator.prepare_model(net)  # `model` itself, or its head alone on cached features
+            if cfg.compile:  # weights stay shared with `model`: checkpoints and the best copy read `model` directly
+                prepared = torch.compile(prepared)
             optimizer = accelerator.prepare_optimizer(build_optimizer(cfg, phase.param_groups))
             steps = len(train_loader) * (phase.stop - phase.start)
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, int(cfg.warmup_epochs * len(train_loader)), cfg.min_lr_ratio))
