@@ -50,13 +50,16 @@ def mem_mb(stage):
     return lambda wildcards, attempt: base * attempt
 
 
+# Every training job looks its cell up several times while the DAG is built: a dict, not a scan of the grid.
+CELLS = {(c.dataset, c.backbone, c.strategy, str(c.seed), str(c.fold)): c for c in GRID.cells}
+
+
 def cell_of(wildcards):
-    for cell in GRID.cells:
-        if (cell.dataset, cell.backbone, cell.strategy, str(cell.seed), str(cell.fold)) == (
-            wildcards.dataset, wildcards.backbone, wildcards.strategy, str(wildcards.seed), str(wildcards.fold)
-        ):
-            return cell
-    raise ValueError(f"no grid cell for {dict(wildcards)}")
+    key = (wildcards.dataset, wildcards.backbone, wildcards.strategy, str(wildcards.seed), str(wildcards.fold))
+    try:
+        return CELLS[key]
+    except KeyError:
+        raise ValueError(f"no grid cell for {dict(wildcards)}") from None
 
 
 def run_dir(wildcards):
