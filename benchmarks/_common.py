@@ -78,14 +78,9 @@ def machine() -> dict:
     """What the figures were measured on (another busy process on the machine shows in the load average)."""
     import torch
 
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from medcli.training.outputs import hardware
+
+    cpu = hardware()["cpu"]
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux

@@ -49,6 +49,19 @@ def read_json(path: str | os.PathLike) -> Any:
         raise MedcliError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); regenerate it") from None
 
 
+def publish_dir(tmp: str | os.PathLike, final: str | os.PathLike, marker: str) -> None:
+    """Rename a completely written folder ``tmp`` into place as ``final``.
+
+    ``marker`` is the file written last inside it; if another process published ``final`` first (the rename
+    fails and ``final/marker`` exists), its folder is kept and ours is left for the caller to delete.
+    """
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not (Path(final) / marker).exists():
+            raise
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .._io import write_json
+from .._io import publish_dir, write_json
 from ..errors import MedcliError
 from ..progress import track_units
 from ._parallel import chunked, default_workers, map_chunks
@@ -143,10 +143,6 @@ def _build(final: Path, samples: Sequence[Sample], settings: StoreSettings, work
         del images
         meta = {"key": final.name, "version": STORE_VERSION, "settings": settings.__dict__, "ids": [s.id for s in samples]}
         write_json(tmp / "meta.json", meta)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "meta.json").exists():  # not a concurrent builder that won the race
-                raise
+        publish_dir(tmp, final, "meta.json")  # a concurrent builder that won the race keeps its folder
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from .. import paths
-from .._io import write_json
+from .._io import publish_dir, write_json
 from ..errors import MedcliError
 from .batches import to_model_input
 
@@ -225,10 +225,6 @@ def _build(final: Path, parts: dict, model, store, ids: list[str], norm, acceler
             "ids": ids,
         }
         write_json(tmp / "meta.json", meta)  # written last: its presence means the folder is complete
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "meta.json").exists():  # not a concurrent builder that won the race
-                raise
+        publish_dir(tmp, final, "meta.json")  # a concurrent builder that won the race keeps its folder
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
