@@ -197,7 +197,7 @@ def test_killed_cached_run_resumes_to_the_same_result(dataset, tmp_path, weights
         if epoch == 1:
             raise KeyboardInterrupt  # killed right after epoch 1's checkpoint
 
-    cfg = _linear(dataset, tmp_path / "killed", weights, epochs=2, head="mlp", hidden=16)
+    cfg = _linear(dataset, tmp_path / "killed", weights, epochs=2, head="mlp", hidden=16, checkpoint_every=0)
     monkeypatch.setattr(loop_mod, "_save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(cfg)

@@ -81,7 +81,7 @@ def test_killed_run_resumes_to_the_same_result(dataset, tmp_path, monkeypatch):
         if epoch == 2:
             raise KeyboardInterrupt  # the job is killed right after epoch 2's checkpoint
 
-    cfg = _cfg(dataset, tmp_path / "killed", epochs=4)
+    cfg = _cfg(dataset, tmp_path / "killed", epochs=4, checkpoint_every=0)
     monkeypatch.setattr(loop_mod, "_save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
@@ -199,3 +199,14 @@ def test_compile_trains_the_same_model(dataset, tmp_path, monkeypatch):
     assert json.loads(Path(paths.config_file(compiled["out"])).read_text())["config"]["compile"] is True
     model, _ = load_model(paths.model_file(compiled["out"]))  # saved without torch.compile's wrapper
     assert not any("_orig_mod" in k for k in model.state_dict())
+
+
+def test_checkpoints_are_written_at_most_every_checkpoint_every_seconds(dataset, tmp_path, monkeypatch):
+    saved = []
+    real_save = loop_mod._save_checkpoint
+    monkeypatch.setattr(loop_mod, "_save_checkpoint", lambda path, cfg, epoch, *a, **kw: saved.append(epoch) or real_save(path, cfg, epoch, *a, **kw))
+    train(_cfg(dataset, tmp_path / "every", epochs=3, checkpoint_every=0))
+    assert saved == [1, 2]  # never after the last epoch: the run folder is written instead
+    saved.clear()
+    summary = train(_cfg(dataset, tmp_path / "rarely", epochs=3, checkpoint_every=3600))
+    assert saved == [] and Path(paths.model_file(summary["out"])).exists()

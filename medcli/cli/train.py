@@ -55,6 +55,7 @@ def train_cli(
     seed: int = typer.Option(0, "--seed", rich_help_panel=_R),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 on GPUs that support it, else fp32), fp32, bf16 or fp16.", rich_help_panel=_R),
     compile_model: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the model (worth it for long GPU runs; the first steps compile).", rich_help_panel=_R),
+    checkpoint_every: float = typer.Option(60.0, "--checkpoint-every", help="Seconds between resume checkpoints in the work folder (0: after every epoch).", rich_help_panel=_R),
     feature_cache: bool = typer.Option(True, "--feature-cache/--no-feature-cache", help="linear without augmentation: compute the frozen trunk's features once, cache them and train the head on them (off: forward every batch through the trunk).", rich_help_panel=_R),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: results/<dataset>/runs/<backbone>__<strategy>/seed-<s>/fold-<k>).", rich_help_panel=_R),
     results: Path = typer.Option(Path("results"), "--results", help="Results root.", rich_help_panel=_R),
@@ -73,7 +74,7 @@ def train_cli(
         freeze_epochs=freeze_epochs, lr_mult=lr_mult, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
         weight_decay=weight_decay, warmup_epochs=warmup_epochs, class_weights=class_weights, label_smoothing=label_smoothing,
         monitor=monitor, patience=patience, augment=augment, hflip=hflip, rotate=rotate, zoom=zoom, shift=shift, seed=seed,
-        precision=precision, compile=compile_model, feature_cache=feature_cache, out=str(out) if out else None, results=str(results), work=str(work),
+        precision=precision, compile=compile_model, feature_cache=feature_cache, checkpoint_every=checkpoint_every, out=str(out) if out else None, results=str(results), work=str(work),
         cache_dir=str(cache_dir) if cache_dir else None, workers=workers,
     )
     summary = train(cfg)

@@ -22,7 +22,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Settings that do not change what is computed; they are left out of the resume key. ``feature_cache`` changes
 # only how the frozen trunk's outputs are obtained (equal up to floating-point rounding), and a checkpoint holds
 # the whole model either way.
-_NOT_IN_KEY = {"out", "work", "results", "cache_dir", "workers", "progress", "feature_cache"}
+_NOT_IN_KEY = {"out", "work", "results", "cache_dir", "workers", "progress", "feature_cache", "checkpoint_every"}
 
 
 @dataclass
@@ -73,6 +73,7 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool | None = None  # None: on (CUDA and CPU convolutions are faster in channels_last)
     compile: bool = False
+    checkpoint_every: float = 60.0  # seconds between resume checkpoints (0: after every epoch); a kill loses at most this much
     feature_cache: bool = True  # head-only training without augmentation reads cached trunk outputs (training.features)
     # where things go
     results: str = "results"

@@ -303,7 +303,7 @@ def train(cfg: TrainConfig) -> dict:
 
     prepared = optimizer = scheduler = None
     stopped_early = False
-    t_start = time.perf_counter()
+    t_start = last_checkpoint = time.perf_counter()
     for epoch in range(start, cfg.epochs):
         phase = plan.phase(epoch)
         if prepared is None or plan.phase_changes_at(epoch):
@@ -339,7 +339,9 @@ def train(cfg: TrainConfig) -> dict:
         if last_phase_started and bad_epochs >= cfg.patience and epoch + 1 < cfg.epochs:
             stopped_early = True
             log.info("early stopping: no %s improvement for %d epochs", cfg.monitor, bad_epochs)
-        if accelerator.is_main_process and not stopped_early and epoch + 1 < cfg.epochs:
+        due = time.perf_counter() - last_checkpoint >= cfg.checkpoint_every  # saving a big model every short epoch costs more than a kill
+        if accelerator.is_main_process and due and not stopped_early and epoch + 1 < cfg.epochs:
+            last_checkpoint = time.perf_counter()
             _save_checkpoint(ckpt_path, cfg, epoch + 1, model, optimizer, scheduler, best_state, best_score, best_epoch, bad_epochs, history,
                              frozen_trunk=frozen_trunk)
         accelerator.wait_for_everyone()
