@@ -13,7 +13,7 @@ CPU. An epoch is the training steps plus a pass over the validation split, as ``
   the faster.
 * medcli: ``medcli.training.train(TrainConfig(...))`` itself, unchanged: decoded-image store, batched
   augmentation, AdamW with warm-up + cosine, class-weighted loss, validation metrics, best-weights copy and
-  the per-epoch resume checkpoint. Its epoch is the wall time from the start of one epoch's training steps to
+  the resume checkpoint (at most every 60 s). Its epoch is the wall time from the start of one epoch's training steps to
   the end of everything the loop does for that epoch.
 
 The baselines' epochs run in turns with medcli's (inside the same process, between two medcli epochs and
