@@ -122,3 +122,15 @@ def write_json(name: str, record: dict) -> Path:
     path = OUT / f"{name}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
+
+
+def start(args) -> tuple[dict, int, Path, str]:
+    """Threads, machine, DataLoader workers and dataset of a run, printed as its header:
+    ``(machine info, workers, dataset root, dataset description)``."""
+    set_threads(args.threads)
+    info = machine()
+    workers = args.workers if args.workers is not None else info["cores"]
+    root, described = dataset(args.data, args.work)
+    print(f"data: {described}\nmachine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} threads), "
+          f"CUDA {'yes' if info['cuda'] else 'no'}; load average {info['load_average_at_start']}", flush=True)
+    return info, workers, root, described

@@ -171,12 +171,7 @@ def main() -> None:
 
     from medcli.splits import split_data
 
-    C.set_threads(args.threads)
-    info = C.machine()
-    workers = args.workers if args.workers is not None else info["cores"]
-    root, described = C.dataset(args.data, args.work)
-    print(f"data: {described}\nmachine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} threads); "
-          f"load average {info['load_average_at_start']}", flush=True)
+    info, workers, root, described = C.start(args)
     cache = args.work / "epoch-cache"
     shutil.rmtree(cache, ignore_errors=True)
     splits = args.work / "epoch-splits.json"

@@ -176,12 +176,7 @@ def main() -> None:
 
     import torch
 
-    C.set_threads(args.threads)
-    info = C.machine()
-    workers = args.workers if args.workers is not None else info["cores"]
-    root, described = C.dataset(args.data, args.work)
-    print(f"data: {described}\nmachine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} threads), "
-          f"CUDA {'yes' if info['cuda'] else 'no'}; load average {info['load_average_at_start']}", flush=True)
+    info, workers, root, described = C.start(args)
     results, rows, store_rows, extra_rows = [], [], [], []
     for size in args.sizes:
         cache = args.work / f"loader-cache-{size}"
