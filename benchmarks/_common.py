@@ -1,7 +1,8 @@
 """Shared helpers of the benchmark scripts: the dataset, timing, the printed table and the JSON record.
 
-The benchmarks use the real chest-CT dataset when it sits next to the repository (``../shared/data/chest-ct``,
-or ``--data PATH``) and otherwise a synthetic stand-in of the same shape made by ``medcli data synth``:
+The benchmarks use the real chest-CT dataset (Kaggle chest CT-scan images) when given with ``--data PATH``, in
+``$MEDCLI_CHEST_CT``, or found at ``../shared/data/chest-ct`` beside the repository, and otherwise a synthetic
+stand-in of the same shape made by ``medcli data synth``:
 1,000 images, 4 classes, train/val/test about 613/72/315, RGB, 384 px (the real images are 170-1,200 px,
 median about 420 x 300, mostly RGBA PNGs).
 """
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CHEST_CT = REPO.parent / "shared" / "data" / "chest-ct"
+CHEST_CT = Path(os.environ.get("MEDCLI_CHEST_CT") or REPO.parent / "shared" / "data" / "chest-ct")
 OUT = REPO / "benchmarks" / "out"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -3,7 +3,7 @@
     python benchmarks/linear_cache.py [--sizes 64,224] [--repeats 3] [--threads 1]
 
 Runs the real training path (``medcli.training.train``) for 10 epochs, augmentation off, on the real chest-CT
-images (``../shared/data/chest-ct``) when present, else on a synthetic dataset of the same size, fold 0 of a
+images (``$MEDCLI_CHEST_CT``, else ``../shared/data/chest-ct`` beside the repository) when present, else on a synthetic dataset of the same size, fold 0 of a
 5-fold split of the development pool. The backbone starts from a weights file written here (torchvision
 resnet18, random initialisation, seeded), so nothing is downloaded. Variants:
 
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CHEST_CT = REPO.parent / "shared" / "data" / "chest-ct"
+CHEST_CT = Path(os.environ.get("MEDCLI_CHEST_CT") or REPO.parent / "shared" / "data" / "chest-ct")
 
 
 def _cpu_seconds() -> float:
