@@ -161,7 +161,7 @@ def fold_features(cfg, fold, model, mean, std, norm, accelerator, precision: str
     ``trunk_sha``: :func:`trunk_fingerprint` of ``model.trunk`` when the caller has it already.
     """
     ids = list(fold.pool_ids)
-    parts = key_parts(store_key=fold.store_key, ids=ids, backbone=cfg.backbone, trunk=trunk_sha or trunk_fingerprint(model.trunk),
+    parts = key_parts(store_key=fold.store.key, ids=ids, backbone=cfg.backbone, trunk=trunk_sha or trunk_fingerprint(model.trunk),
                       mean=mean, std=std, channels=cfg.channels, precision=precision)
     key = feature_key(parts)
     final = Path(paths.features_dir(cfg.cache_dir or paths.default_cache_dir(), key))

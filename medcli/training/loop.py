@@ -2,8 +2,9 @@
 
 Reads top-down like torchvision's reference script: :func:`train` resolves the config, loads the fold
 (:func:`load_fold`), builds the model and the strategy plan, then alternates :func:`train_one_epoch` and
-:func:`predict`, keeping a real copy of the best epoch's weights, checkpointing every epoch to the work folder
-(so a killed run resumes), and finally writes the run folder (see docs/architecture.md).
+:func:`predict`, keeping a real copy of the best epoch's weights, checkpointing to the work folder after an epoch
+once ``checkpoint_every`` seconds have passed (so a killed run resumes), and finally writes the run folder (see
+docs/architecture.md).
 
 Both functions read batches through an ``inputs(positions, generator)`` function: images from the store
 (:func:`image_inputs`), or, when the plan trains the head alone on a frozen trunk without augmentation, the
@@ -48,7 +49,6 @@ class Fold:
     splits_path: str
     splits_fingerprint: str
     data_fingerprint: str
-    store_key: str
     interpolation: str
     store: ImageStore  # every labelled image of the dataset, decoded
     pool_ids: list[str]  # train + val of every fold: the images a feature cache covers
@@ -111,7 +111,6 @@ def load_fold(cfg: TrainConfig, accelerator) -> Fold:
         splits_path=str(splits_path),
         splits_fingerprint=splits_fingerprint(doc),
         data_fingerprint=doc["dataset"]["fingerprint"],
-        store_key=store.key,
         interpolation=info.interpolation,
         store=store,
         pool_ids=sorted({i for f in doc["folds"] for i in (*f["train"], *f["val"])}),
