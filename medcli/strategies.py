@@ -37,6 +37,7 @@ from typing import Callable
 from torch import nn
 
 from .errors import MedcliError
+from .registry import Registry
 from .models import Classifier, get_backbone
 
 
@@ -133,25 +134,19 @@ class StrategyInfo:
     random_weights_reason: str = ""
 
 
-_STRATEGIES: dict[str, StrategyInfo] = {}
+_STRATEGIES: Registry[StrategyInfo] = Registry("strategy")
 
 
 def register_strategy(info: StrategyInfo, *, overwrite: bool = False) -> StrategyInfo:
-    if info.name in _STRATEGIES and not overwrite:
-        raise ValueError(f"strategy {info.name!r} is already registered")
-    _STRATEGIES[info.name] = info
-    return info
+    return _STRATEGIES.add(info.name, info, overwrite=overwrite)
 
 
 def list_strategies() -> list[str]:
-    return sorted(_STRATEGIES)
+    return _STRATEGIES.names()
 
 
 def get_strategy(name: str) -> StrategyInfo:
-    try:
-        return _STRATEGIES[name]
-    except KeyError:
-        raise MedcliError(f"unknown strategy {name!r}: choose one of {', '.join(list_strategies())}") from None
+    return _STRATEGIES.get(name)
 
 
 # --- combination rules ------------------------------------------------------------------------------------

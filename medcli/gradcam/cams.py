@@ -26,6 +26,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from ..errors import MedcliError
+from ..registry import Registry
 
 
 @dataclass(frozen=True)
@@ -44,26 +45,20 @@ class CamMethod:
     per_image: bool = False
 
 
-_METHODS: dict[str, CamMethod] = {}
+_METHODS: Registry[CamMethod] = Registry("CAM method", sort=False)  # listed in registration order
 
 
 def register_method(method: CamMethod, *, overwrite: bool = False) -> CamMethod:
     """Add a CAM method to the registry (``overwrite=True`` replaces an entry of the same name)."""
-    if method.name in _METHODS and not overwrite:
-        raise ValueError(f"CAM method {method.name!r} is already registered")
-    _METHODS[method.name] = method
-    return method
+    return _METHODS.add(method.name, method, overwrite=overwrite)
 
 
 def list_methods() -> list[str]:
-    return list(_METHODS)
+    return _METHODS.names()
 
 
 def get_method(name: str) -> CamMethod:
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise MedcliError(f"unknown CAM method {name!r}: choose one of {', '.join(list_methods())}") from None
+    return _METHODS.get(name)
 
 
 def _register_defaults() -> None:

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..errors import MedcliError
+from ..registry import Registry
 from .customcnn import CustomCNN
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -76,7 +76,7 @@ class BackboneInfo:
     build: Callable[[int], nn.Module] | None = None
 
 
-_BACKBONES: dict[str, BackboneInfo] = {}
+_BACKBONES: Registry[BackboneInfo] = Registry("backbone")
 
 
 def register_backbone(info: BackboneInfo, *, overwrite: bool = False) -> BackboneInfo:
@@ -89,21 +89,15 @@ def register_backbone(info: BackboneInfo, *, overwrite: bool = False) -> Backbon
         raise ValueError(f"backbone {info.name!r}: a torchvision backbone must name its final layer (classifier)")
     if not info.stages or not all(info.stages):
         raise ValueError(f"backbone {info.name!r}: stages must be non-empty groups of names")
-    if info.name in _BACKBONES and not overwrite:
-        raise ValueError(f"backbone {info.name!r} is already registered")
-    _BACKBONES[info.name] = info
-    return info
+    return _BACKBONES.add(info.name, info, overwrite=overwrite)
 
 
 def list_backbones() -> list[str]:
-    return sorted(_BACKBONES)
+    return _BACKBONES.names()
 
 
 def get_backbone(name: str) -> BackboneInfo:
-    try:
-        return _BACKBONES[name]
-    except KeyError:
-        raise MedcliError(f"unknown backbone {name!r}: choose one of {', '.join(list_backbones())}") from None
+    return _BACKBONES.get(name)
 
 
 def _torchvision(

@@ -19,7 +19,7 @@ from typing import Callable
 
 from torch import nn
 
-from ..errors import MedcliError
+from ..registry import Registry
 
 
 @dataclass(frozen=True)
@@ -29,26 +29,20 @@ class HeadInfo:
     build: Callable[[int, int, float, int], nn.Module]
 
 
-_HEADS: dict[str, HeadInfo] = {}
+_HEADS: Registry[HeadInfo] = Registry("head")
 
 
 def register_head(info: HeadInfo, *, overwrite: bool = False) -> HeadInfo:
     """Add a head to the registry (``overwrite=True`` replaces an existing entry of that name)."""
-    if info.name in _HEADS and not overwrite:
-        raise ValueError(f"head {info.name!r} is already registered")
-    _HEADS[info.name] = info
-    return info
+    return _HEADS.add(info.name, info, overwrite=overwrite)
 
 
 def list_heads() -> list[str]:
-    return sorted(_HEADS)
+    return _HEADS.names()
 
 
 def get_head(name: str) -> HeadInfo:
-    try:
-        return _HEADS[name]
-    except KeyError:
-        raise MedcliError(f"unknown head {name!r}: choose one of {', '.join(list_heads())}") from None
+    return _HEADS.get(name)
 
 
 def build_head(name: str, feature_dim: int, num_classes: int, *, dropout: float = 0.5, hidden: int = 256) -> nn.Module:
