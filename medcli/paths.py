@@ -18,6 +18,8 @@ Layout (see docs/architecture.md for the file formats)::
         ensembles/<name>__<method>/seed-<s>/          medcli ensemble (same files as a run + ensemble.json)
     <work>/<dataset>/<backbone>__<strategy>/seed-<s>/fold-<k>/checkpoint.pt
                                                        resume state; never a declared output
+    <work>/<dataset>/<backbone>__<strategy>/seed-<s>/fold-<k>/settings.json
+                                                       a workflow job's `medcli train --config` file
     <cache>/scan/, <cache>/store/<key>/                decoded-image caches (see medcli.data.store)
     <cache>/features/<key>/                             frozen-trunk features (see medcli.training.features)
     <logs>/<stage>/<dataset>/<name>.log                 workflow logs (and .benchmark.tsv beside them)
@@ -103,6 +105,11 @@ def run_dir(results: str | os.PathLike, dataset: str, backbone: str, strategy: s
 def work_dir(work: str | os.PathLike, dataset: str, backbone: str, strategy: str, seed: object, fold: object) -> str:
     """Where a run keeps its resume checkpoint: outside the declared outputs, so a killed job resumes."""
     return _join(work, dataset, run_key(backbone, strategy, seed, fold))
+
+
+def cell_settings_file(work: str | os.PathLike, dataset: str, backbone: str, strategy: str, seed: object, fold: object) -> str:
+    """The settings a workflow job hands to ``medcli train --config`` (beside the run's resume checkpoint)."""
+    return _join(work_dir(work, dataset, backbone, strategy, seed, fold), "settings.json")
 
 
 def ensemble_dir(results: str | os.PathLike, dataset: str, name: str, method: str, seed: object) -> str:

@@ -188,6 +188,17 @@ def combination_problem(backbone: str, strategy: str, weights: str | os.PathLike
     return None
 
 
+def combination_note(backbone: str, strategy: str, weights: str | os.PathLike | None) -> str | None:
+    """Why a valid combination duplicates another one, or None.
+
+    Training proceeds with a warning; an experiment grid skips the cell (it would train the same model twice
+    under two names). Today: ``full`` from random weights is ``scratch``.
+    """
+    if strategy == "full" and _weights_kind(weights) is None:
+        return "strategy 'full' with weights 'none' trains from random initialisation, exactly like 'scratch'"
+    return None
+
+
 def check_combination(backbone: str, strategy: str, weights: str | os.PathLike | None) -> None:
     """Raise :class:`MedcliError` with the reason if the combination makes no sense."""
     problem = combination_problem(backbone, strategy, weights)

@@ -70,20 +70,23 @@ def weights_for(config: dict, backbone: str, strategy: str) -> str:
 
 
 def expand_grid(config: dict) -> Grid:
-    """Every valid cell of datasets × backbones × strategies × seeds × folds, and the skipped ones with reasons."""
-    from .strategies import combination_problem
+    """Every valid cell of datasets × backbones × strategies × seeds × folds, and the skipped ones with reasons.
+
+    A cell is skipped when its combination makes no sense or duplicates another one (the rules of
+    :mod:`medcli.strategies`), or when it needs the demo's pretraining and the config has none.
+    """
+    from .strategies import combination_note, combination_problem
 
     grid = Grid()
     for dataset in config["datasets"]:
         for backbone in config["backbones"]:
             for strategy in config["strategies"]:
                 weights = weights_for(config, backbone, strategy)
+                given = None if weights == "none" else weights
                 if weights == "pretrained" and not config.get("pretrain"):
                     reason = "weights 'pretrained' need a 'pretrain' section in the config"
-                elif strategy == "full" and weights == "none":
-                    reason = "full fine-tuning from random weights duplicates 'scratch'"
                 else:
-                    reason = combination_problem(backbone, strategy, None if weights == "none" else weights)
+                    reason = combination_problem(backbone, strategy, given) or combination_note(backbone, strategy, given)
                 if reason:
                     grid.skipped.append({"dataset": dataset, "backbone": backbone, "strategy": strategy, "reason": reason})
                     continue
@@ -94,33 +97,54 @@ def expand_grid(config: dict) -> Grid:
 
 
 def train_settings(config: dict, cell: Cell) -> dict[str, Any]:
-    """Training settings of one cell: global ``train`` defaults < dataset < backbone < strategy overrides."""
-    settings: dict[str, Any] = dict(config.get("train") or {})
-    for scope in (config["datasets"][cell.dataset].get("train"), (config.get("backbones") or {}).get(cell.backbone), (config.get("strategies") or {}).get(cell.strategy)):
-        for key, value in (scope or {}).items():
-            if key != "weights":
-                settings[key] = value
+    """The training settings of one cell, checked against :class:`~medcli.training.config.TrainConfig`'s schema.
+
+    Global ``train`` < dataset ``train`` < backbone < strategy overrides, then the dataset's reading options
+    (``layout``, ``aliases``, ``skip_bad``) and the cell's coordinates (backbone, strategy, seed, fold). The job's
+    paths and weights are added by :func:`job_settings`. Raises :class:`MedcliError` naming the config key of an
+    unknown setting or a bad value.
+    """
+    spec = config["datasets"][cell.dataset]
+    settings = _checked_scopes((("train", config.get("train")), (f"datasets.{cell.dataset}.train", spec.get("train")),
+                                (f"backbones.{cell.backbone}", (config.get("backbones") or {}).get(cell.backbone)),
+                                (f"strategies.{cell.strategy}", (config.get("strategies") or {}).get(cell.strategy))))
+    settings.update(layout=spec.get("layout", "auto"), aliases=dict(spec.get("aliases") or {}), skip_bad=bool(spec.get("skip_bad", False)))
+    settings.update(backbone=cell.backbone, strategy=cell.strategy, seed=cell.seed, fold=cell.fold)
     return settings
 
 
-def train_args(config: dict, cell: Cell) -> str:
-    """The ``medcli train`` options of one cell (beyond data, splits, fold, seed, weights and output folders)."""
-    return _format_train_args(cell.backbone, cell.strategy, train_settings(config, cell))
+def _checked_scopes(scopes) -> dict[str, Any]:
+    """Merge ``(config key, {setting: value})`` scopes in order (later wins), every key and value checked."""
+    from .training.config import check_keys, check_value
+
+    settings: dict[str, Any] = {}
+    for where, scope in scopes:
+        scope = {k: v for k, v in (scope or {}).items() if k != "weights"}
+        check_keys(scope, f"config key {where}: ")
+        settings.update({k: check_value(k, v, f"config key {where}.{k}") for k, v in scope.items()})
+    return settings
 
 
-def _format_train_args(backbone: str, strategy: str, settings: dict[str, Any]) -> str:
-    args = [f"--backbone {backbone}", f"--strategy {strategy}"]
-    for key, value in sorted(settings.items()):
-        name = key.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(f"--{name}" if value else f"--no-{name}")
-        else:
-            args.append(f"--{name} {_quote(value)}")
-    return " ".join(args)
+def job_settings(settings: dict[str, Any], *, data: str, name: str, weights: str, out: str, results: str, work: str, cache: str,
+                 splits: str | None = None) -> str:
+    """Everything ``medcli train --config FILE`` needs for one job, as the JSON text the rule writes to FILE.
+
+    The text is also the rule's rerun trigger: a job reruns exactly when its own settings change.
+    """
+    import json
+
+    from .training.config import check_keys
+
+    body = {**settings, "data": str(data), "dataset_name": name, "weights": str(weights), "out": str(out),
+            "results": str(results), "work": str(work), "cache_dir": str(cache)}
+    if splits is not None:
+        body["splits"] = str(splits)
+    check_keys(body)
+    return json.dumps(body, sort_keys=True)
 
 
 def dataset_args(config: dict, dataset: str) -> str:
-    """Options that say how to read a dataset (layout, class aliases)."""
+    """``medcli data inspect`` / ``medcli split`` options that say how to read a dataset (layout, class aliases)."""
     spec = config["datasets"][dataset]
     args = [f"--layout {spec.get('layout', 'auto')}"]
     for raw, canonical in sorted((spec.get("aliases") or {}).items()):
@@ -170,14 +194,18 @@ def split_args(config: dict, dataset: str) -> str:
     return " ".join(args)
 
 
-def pretrain_args(config: dict, backbone: str) -> str:
-    """The demo's pretraining run: the backbone from scratch on the synthetic source task."""
-    settings: dict[str, Any] = dict(config.get("train") or {})
-    settings.update({k: v for k, v in ((config.get("backbones") or {}).get(backbone) or {}).items() if k != "weights"})
-    settings["epochs"] = int(config["pretrain"].get("epochs", 10))
-    settings["channels"] = int(config["pretrain"]["synth"].get("channels", settings.get("channels", 3)))
-    settings.update(config["pretrain"].get("train") or {})
-    return _format_train_args(backbone, "scratch", settings) + " --weights none"
+def pretrain_settings(config: dict, backbone: str) -> dict[str, Any]:
+    """The demo's pretraining run: the backbone from scratch on the synthetic source task (seed 0, fold 0).
+
+    Global ``train`` < backbone < the pretraining's own epochs, channels and ``pretrain.train``.
+    """
+    pre = config["pretrain"]
+    settings = _checked_scopes((("train", config.get("train")), (f"backbones.{backbone}", (config.get("backbones") or {}).get(backbone))))
+    settings["epochs"] = int(pre.get("epochs", 10))
+    settings["channels"] = int(pre["synth"].get("channels", settings.get("channels", 3)))
+    settings.update(_checked_scopes((("pretrain.train", pre.get("train")),)))
+    settings.update(backbone=backbone, strategy="scratch", seed=0, fold=0)
+    return settings
 
 
 GRADCAM_DEFAULTS = {"configurations": "all", "split": "test", "method": "gradcam", "n": 8, "target": "pred"}

@@ -71,33 +71,49 @@ def test_invalid_cells_are_skipped_with_a_reason():
     grid = wf.expand_grid(config)
     reasons = {(s["backbone"], s["strategy"]): s["reason"] for s in grid.skipped}
     assert "random features" in reasons[("resnet18", "linear")]
-    assert "duplicates 'scratch'" in reasons[("customcnn", "full")]
+    assert "exactly like 'scratch'" in reasons[("customcnn", "full")]
     assert {c.strategy for c in grid.cells} == {"scratch"}
     assert len(grid.cells) == 2 * 2 * 3  # backbones x seeds x folds
 
 
-def test_train_arguments_merge_defaults_and_overrides():
+def test_train_settings_merge_defaults_and_overrides():
     config = _demo()
     config["backbones"]["resnet18"] = {"img_size": 96, "head": "mlp"}
+    config["datasets"]["demo"]["aliases"] = {"circle_x": "circle"}
     cell = wf.Cell("demo", "resnet18", "linear", 0, 1, "pretrained")
-    args = wf.train_args(config, cell)
-    assert "--img-size 96" in args and "--head mlp" in args and "--lr 0.003" in args and "--epochs 6" in args
+    settings = wf.train_settings(config, cell)
+    assert settings["img_size"] == 96 and settings["head"] == "mlp"  # backbone over global
+    assert settings["lr"] == 0.003 and settings["epochs"] == 6  # strategy over global; global kept
+    assert (settings["backbone"], settings["strategy"], settings["seed"], settings["fold"]) == ("resnet18", "linear", 0, 1)
+    assert settings["aliases"] == {"circle_x": "circle"} and settings["layout"] == "auto"
+
+
+def test_train_settings_name_the_config_key_of_a_bad_value():
+    config = _demo()
+    config["strategies"]["linear"] = {"monitor": "auc"}
+    cell = wf.Cell("demo", "resnet18", "linear", 0, 1, "pretrained")
+    with pytest.raises(MedcliError, match=r"config key strategies\.linear\.monitor 'auc': choose one of"):
+        wf.train_settings(config, cell)
 
 
 def test_rerun_triggers_only_on_relevant_changes():
     config = _demo()
     cell = wf.expand_grid(config).cells[0]
-    before = (wf.train_args(config, cell), wf.rerun_token(config))
+
+    def job(cfg):
+        return wf.job_settings(wf.train_settings(cfg, cell), data="d", name="demo", weights="none", out="o", results="r", work="w", cache="c", splits="s")
+
+    before = (job(config), wf.rerun_token(config))
     unrelated = copy.deepcopy(config)
     unrelated["report"]["primary_metric"] = "macro_f1"
     unrelated["eval"]["bootstrap"] = 50
-    assert (wf.train_args(unrelated, cell), wf.rerun_token(unrelated)) == before
+    assert (job(unrelated), wf.rerun_token(unrelated)) == before
     knob = copy.deepcopy(config)
     knob["rerun_token"] = "new-augmentation"
     assert wf.rerun_token(knob) != before[1]
     changed = copy.deepcopy(config)
     changed["train"]["epochs"] = 7
-    assert wf.train_args(changed, cell) != before[0]
+    assert job(changed) != before[0]
 
 
 def test_gradcam_runs_follow_the_config():

@@ -1,113 +1,306 @@
-"""Every setting of one training run, in one typed object.
+"""Every setting of one training run, declared once.
 
-The CLI and the workflow fill a :class:`TrainConfig`; :func:`resolve` fills in what depends on other settings
-(the backbone's image size, the default weights and augmentation of a strategy, the output folders); the resolved
-config is written to ``config.json`` in the run folder together with versions and fingerprints.
+:class:`TrainConfig` is the schema: each field carries its type, default, allowed values, bounds, help text,
+group and where the workflow sets it (``Setting`` metadata). Everything else is derived from it:
+
+- ``medcli train`` generates one command-line option per field (``medcli/cli/train.py``);
+- ``medcli train --config FILE`` reads any subset of the fields from YAML or JSON (:func:`read_settings`),
+  including the ``config`` section of a run's ``config.json``, so a run can be re-run from its own record;
+- the workflow writes each grid cell's settings to a file that ``medcli train --config`` reads, and the
+  ``train:`` part of ``workflow/schemas/config.schema.yaml`` is :func:`workflow_schema` (a test fails when
+  they drift; ``python -m medcli.training.config`` prints the block).
+
+Values from a file, the workflow or Python are checked by :func:`from_dict` / :func:`validate` (type, allowed
+values, bounds); :func:`resolve` fills in what depends on other settings (the backbone's image size, the
+default weights and augmentation of a strategy, the output folders). The resolved config is written to
+``config.json`` in the run folder together with versions and fingerprints.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import math
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from ..errors import MedcliError
 
 OPTIMIZERS = ("adamw", "sgd")
 MONITORS = {"balanced_accuracy": "max", "accuracy": "max", "macro_f1": "max", "loss": "min"}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LAYOUTS = ("auto", "imagefolder", "presplit", "csv", "npz")
+RESIZE_MODES = ("squash", "pad", "crop")
 
-# Settings that do not change what is computed; they are left out of the resume key. ``feature_cache`` changes
-# only how the frozen trunk's outputs are obtained (equal up to floating-point rounding), and a checkpoint holds
-# the whole model either way.
-_NOT_IN_KEY = {"out", "work", "results", "cache_dir", "workers", "progress", "feature_cache", "checkpoint_every"}
+# Groups, in the order ``medcli train --help`` shows them.
+DATA, MODEL, OPTIMISATION, AUGMENTATION, RUN = "Data", "Model", "Optimisation", "Augmentation", "Run"
+
+# Where the workflow sets a field (``Setting.workflow``):
+#   "train"    a ``train:`` section (global, dataset, backbone, strategy, pretrain), one of the cell's settings;
+#   "dataset"  a key of ``datasets.<name>`` (layout, aliases, skip_bad);
+#   "grid"     the grid itself: dataset, backbone, strategy, seed, fold, weights (``weights:`` / ``backbones.<b>.weights``);
+#   "job"      the job's own paths and resources (splits file, run folder, work, cache, workers, progress).
+WORKFLOW_SCOPES = ("train", "dataset", "grid", "job")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What the schema says about one field beyond its name, type and default."""
+
+    help: str
+    group: str
+    workflow: str = "train"
+    choices: tuple | None = None
+    minimum: float | None = None
+    exclusive_minimum: float | None = None
+    exclusive_maximum: float | None = None
+    maximum: float | None = None
+    option: str | None = None  # the command-line option when it is not --<name-with-dashes>
+    short: str | None = None  # a one-letter alias (-b)
+    default_text: str | None = None  # the help's "(default: …)" when the default depends on other settings
+    in_key: bool = True  # part of TrainConfig.key(): changes what is computed
+
+
+def setting(default: Any, help: str, group: str, **kw) -> Any:
+    meta = {"setting": Setting(help, group, **kw)}
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class TrainConfig:
     # data
-    data: str = ""
-    dataset_name: str | None = None
-    layout: str = "auto"
-    aliases: dict[str, str] = field(default_factory=dict)
-    splits: str | None = None
-    fold: int = 0
-    skip_bad: bool = False
+    data: str = setting("", "Dataset folder, .csv manifest or .npz file.", DATA, workflow="grid",
+                        default_text="required, on the command line or in --config")
+    dataset_name: str | None = setting(None, "Dataset name in the results layout.", DATA, workflow="grid", option="--name",
+                                       default_text="the data folder's or file's name")
+    layout: str = setting("auto", "How the dataset is laid out.", DATA, workflow="dataset", choices=LAYOUTS)
+    aliases: dict[str, str] = setting({}, "Rename a class: RAW=CLASS (repeatable). Applied before automatic matching.", DATA,
+                                      workflow="dataset", option="--alias", default_text="none")
+    splits: str | None = setting(None, "splits.json from `medcli split`.", DATA, workflow="job",
+                                 default_text="results/<dataset>/splits.json, made from the dataset's own train/val split if missing")
+    fold: int = setting(0, "Which fold of the splits to train.", DATA, workflow="grid", minimum=0)
+    skip_bad: bool = setting(False, "When splits are made here: leave unreadable files out.", DATA, workflow="dataset")
+    img_size: int | None = setting(None, "Input size in pixels.", DATA, minimum=8, default_text="the backbone's")
+    channels: int = setting(3, "Input channels: 1 (grayscale) or 3 (RGB).", DATA, choices=(1, 3))
+    resize: str = setting("squash", "How images are brought to the input size.", DATA, choices=RESIZE_MODES)
     # model
-    backbone: str = "resnet18"
-    head: str = "linear"
-    strategy: str = "full"
-    weights: str | None = None  # "imagenet", "none" or a file; default depends on the strategy
-    img_size: int | None = None
-    channels: int = 3
-    resize: str = "squash"
-    dropout: float = 0.5
-    hidden: int = 256
+    backbone: str = setting("resnet18", "customcnn or a torchvision model name (see `medcli models`).", MODEL, workflow="grid", short="-b")
+    head: str = setting("linear", "Classification head: linear or mlp.", MODEL)
+    strategy: str = setting("full", "Transfer-learning strategy: scratch, linear, partial, full or two-phase.", MODEL, workflow="grid", short="-s")
+    weights: str | None = setting(None, "imagenet, none or a weights file.", MODEL, workflow="grid", short="-w",
+                                  default_text="imagenet; none for scratch and customcnn")
+    dropout: float = setting(0.5, "Dropout of the mlp head.", MODEL, minimum=0, exclusive_maximum=1)
+    hidden: int = setting(256, "Hidden units of the mlp head.", MODEL, minimum=1)
     # strategy parameters
-    partial_stages: int = 1
-    freeze_epochs: int = 1
-    lr_mult: float = 100.0
+    partial_stages: int = setting(1, "partial: how many of the last backbone stages train.", MODEL, minimum=1)
+    freeze_epochs: int = setting(1, "two-phase: epochs of head-only training.", MODEL, minimum=1)
+    lr_mult: float = setting(100.0, "two-phase: head lr / first stage lr.", MODEL, minimum=1)
     # optimisation
-    epochs: int = 30
-    batch_size: int = 32
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    warmup_epochs: float = 1.0
-    min_lr_ratio: float = 0.01
-    class_weights: bool = True
-    label_smoothing: float = 0.0
-    monitor: str = "balanced_accuracy"
-    patience: int = 10
+    epochs: int = setting(30, "Maximum number of epochs.", OPTIMISATION, minimum=1, short="-e")
+    batch_size: int = setting(32, "Global batch size (split over processes).", OPTIMISATION, minimum=1)
+    optimizer: str = setting("adamw", "Optimizer.", OPTIMISATION, choices=OPTIMIZERS)
+    lr: float = setting(1e-3, "Peak learning rate.", OPTIMISATION, exclusive_minimum=0)
+    weight_decay: float = setting(1e-4, "Weight decay.", OPTIMISATION, minimum=0)
+    momentum: float = setting(0.9, "Momentum of sgd.", OPTIMISATION, minimum=0, exclusive_maximum=1)
+    warmup_epochs: float = setting(1.0, "Linear warm-up at the start of each strategy phase, in epochs.", OPTIMISATION, minimum=0)
+    min_lr_ratio: float = setting(0.01, "Final learning rate of the cosine schedule, as a fraction of the peak.", OPTIMISATION,
+                                  minimum=0, maximum=1)
+    class_weights: bool = setting(True, "Class-weighted cross-entropy (weights from the training fold).", OPTIMISATION)
+    label_smoothing: float = setting(0.0, "Label smoothing of the cross-entropy.", OPTIMISATION, minimum=0, exclusive_maximum=1)
+    monitor: str = setting("balanced_accuracy", "Early-stopping (and best-epoch) metric on the validation fold.", OPTIMISATION,
+                           choices=tuple(MONITORS))
+    patience: int = setting(10, "Epochs without improvement before stopping.", OPTIMISATION, minimum=1)
     # augmentation (None: off for strategy linear, whose frozen features are then computed once; on otherwise)
-    augment: bool | None = None
-    hflip: bool = True
-    rotate: float = 10.0
-    zoom: float = 0.1
-    shift: float = 0.1
+    augment: bool | None = setting(None, "Random flips, rotations, zooms and shifts.", AUGMENTATION,
+                                   default_text="on; off for strategy linear, which then trains its head on frozen-trunk features computed once")
+    hflip: bool = setting(True, "Random horizontal flips (switch off where laterality matters).", AUGMENTATION)
+    rotate: float = setting(10.0, "Max rotation in degrees.", AUGMENTATION, minimum=0)
+    zoom: float = setting(0.1, "Max zoom in/out (fraction).", AUGMENTATION, minimum=0)
+    shift: float = setting(0.1, "Max shift (fraction of the side).", AUGMENTATION, minimum=0)
     # reproducibility and hardware
-    seed: int = 0
-    precision: str = "auto"
-    channels_last: bool | None = None  # None: on (CUDA and CPU convolutions are faster in channels_last)
-    compile: bool = False
-    checkpoint_every: float = 60.0  # seconds between resume checkpoints (0: after every epoch); a kill loses at most this much
-    feature_cache: bool = True  # head-only training without augmentation reads cached trunk outputs (training.features)
+    seed: int = setting(0, "Seed of initialisation, shuffling, augmentation and dropout.", RUN, workflow="grid")
+    precision: str = setting("auto", "auto (bf16 on GPUs that support it, else fp32), fp32, bf16 or fp16.", RUN, choices=PRECISIONS)
+    channels_last: bool | None = setting(None, "channels_last memory format (faster convolutions on CUDA and CPU).", RUN, default_text="on")
+    compile: bool = setting(False, "torch.compile the model (worth it for long GPU runs; the first steps compile).", RUN)
+    checkpoint_every: float = setting(60.0, "Seconds between resume checkpoints in the work folder (0: after every epoch); "
+                                      "a kill loses at most this much.", RUN, minimum=0, in_key=False)
+    feature_cache: bool = setting(True, "linear without augmentation: compute the frozen trunk's features once, cache them and "
+                                  "train the head on them (off: forward every batch through the trunk).", RUN, in_key=False)
     # where things go
-    results: str = "results"
-    work: str = "work"
-    out: str | None = None
-    cache_dir: str | None = None
-    workers: int | None = None
-    progress: bool = True
+    results: str = setting("results", "Results root.", RUN, workflow="job", in_key=False)
+    work: str = setting("work", "Where resume checkpoints live.", RUN, workflow="job", in_key=False)
+    out: str | None = setting(None, "Run folder.", RUN, workflow="job", short="-o", in_key=False,
+                              default_text="results/<dataset>/runs/<backbone>__<strategy>/seed-<s>/fold-<k>")
+    cache_dir: str | None = setting(None, "Where decoded-image caches live.", RUN, workflow="job", in_key=False,
+                                    default_text="$MEDCLI_CACHE or ~/.cache/medcli")
+    workers: int | None = setting(None, "Decoding processes.", RUN, workflow="job", minimum=1, in_key=False,
+                                  default_text="the CPUs available")
+    progress: bool = setting(True, "A progress bar on a terminal.", RUN, workflow="job", in_key=False)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def key(self) -> str:
         """Hash of everything that changes the result: a checkpoint is resumed only under the same key."""
-        relevant = {k: v for k, v in asdict(self).items() if k not in _NOT_IN_KEY}
+        relevant = {k: v for k, v in asdict(self).items() if k in KEY_FIELDS}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def from_dict(values: dict) -> TrainConfig:
-    names = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise MedcliError(f"unknown training setting {unknown[0]!r}; known settings: {', '.join(sorted(names))}")
-    return TrainConfig(**values)
+def schema() -> dict[str, Setting]:
+    """``{field name: Setting}`` in declaration order."""
+    return {f.name: f.metadata["setting"] for f in fields(TrainConfig)}
+
+
+KEY_FIELDS = frozenset(name for name, s in schema().items() if s.in_key)
+
+
+def default_of(name: str) -> Any:
+    f = _FIELDS[name]
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
+# The Python type of each field and whether it may be None, from its annotation ("int | None", "dict[str, str]").
+_TYPES = {name: (f.type.split(" | ")[0].split("[")[0], "None" in f.type) for name, f in _FIELDS.items()}
+_PY = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict}
+
+
+def option_name(name: str) -> str:
+    """The command-line option of a field (``batch_size`` → ``--batch-size``; ``dataset_name`` → ``--name``)."""
+    return schema()[name].option or "--" + name.replace("_", "-")
+
+
+# --- checking values ------------------------------------------------------------------------------------------
+
+
+def check_value(name: str, value: Any, where: str = "") -> Any:
+    """The value of setting ``name`` as the schema wants it (ints given for floats become floats).
+
+    ``where`` names the source in the error (``--lr``, ``cell.yaml: lr``). Raises :class:`MedcliError` with one
+    line naming the setting, the value and what is allowed.
+    """
+    label = where or name
+    kind, optional = _TYPES[name]
+    s = schema()[name]
+    if value is None:
+        if optional:
+            return None
+        raise MedcliError(f"{label}: null is not allowed; give a {_describe(kind)}")
+    value = _coerce(kind, value, label)
+    if s.choices is not None and value not in s.choices:
+        raise MedcliError(f"{label} {value!r}: choose one of {', '.join(map(str, s.choices))}")
+    if kind in ("int", "float"):
+        _check_bounds(s, value, label)
+    return value
+
+
+def _coerce(kind: str, value: Any, label: str) -> Any:
+    ok = {
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "str": isinstance(value, (str, os.PathLike)),
+        "dict": isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()),
+    }[kind]
+    if not ok:
+        raise MedcliError(f"{label} {value!r}: expected {_describe(kind)}, got {type(value).__name__}")
+    if kind == "str":
+        return os.fspath(value)
+    if kind == "float":
+        value = float(value)
+        if not math.isfinite(value):
+            raise MedcliError(f"{label} {value!r}: expected a finite number")
+    return dict(value) if kind == "dict" else value
+
+
+def _describe(kind: str) -> str:
+    return {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "a string",
+            "dict": "a mapping of RAW: CLASS names"}[kind]
+
+
+def _check_bounds(s: Setting, value: float, label: str) -> None:
+    if s.minimum is not None and value < s.minimum:
+        raise MedcliError(f"{label} {value}: must be at least {s.minimum:g}")
+    if s.exclusive_minimum is not None and value <= s.exclusive_minimum:
+        raise MedcliError(f"{label} {value}: must be greater than {s.exclusive_minimum:g}")
+    if s.maximum is not None and value > s.maximum:
+        raise MedcliError(f"{label} {value}: must be at most {s.maximum:g}")
+    if s.exclusive_maximum is not None and value >= s.exclusive_maximum:
+        raise MedcliError(f"{label} {value}: must be less than {s.exclusive_maximum:g}")
+
+
+def check_keys(values: dict, where: str = "") -> None:
+    """Refuse unknown setting names, suggesting the closest known ones."""
+    for key in values:
+        if key not in _FIELDS:
+            close = difflib.get_close_matches(str(key), list(_FIELDS), n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else f"known settings: {', '.join(_FIELDS)}"
+            raise MedcliError(f"{where}unknown training setting {key!r}; {hint}")
+
+
+def from_dict(values: dict, where: str = "") -> TrainConfig:
+    """A :class:`TrainConfig` from ``{setting: value}`` (any subset), every value checked against the schema.
+
+    ``where`` (e.g. ``"cell.yaml: "``) prefixes each error. Raises :class:`MedcliError` for unknown keys, wrong
+    types, values outside the allowed set and out-of-range numbers.
+    """
+    check_keys(values, where)
+    return TrainConfig(**{k: check_value(k, v, f"{where}{k}") for k, v in values.items()})
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` (made in Python, perhaps) with every field checked against the schema; errors name the option.
+
+    Paths given as ``os.PathLike`` become strings and whole numbers given for floats become floats.
+    """
+    return replace(cfg, **{name: check_value(name, getattr(cfg, name), option_name(name)) for name in _FIELDS})
+
+
+def read_settings(path: str | os.PathLike) -> dict:
+    """Settings from a YAML or JSON file: ``{setting: value}``, or a run's ``config.json`` (its ``config`` section).
+
+    Keys and values are checked (:func:`from_dict` rules). Raises :class:`MedcliError` naming the file when it
+    is missing, unreadable, not a mapping, or holds an unknown key or a bad value.
+    """
+    import yaml
+
+    where = f"{path}: "
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise MedcliError(f"{path}: cannot read the settings file ({exc.strerror or exc})") from None
+    try:
+        doc = yaml.safe_load(text)  # YAML is a superset of JSON
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "syntax error"
+        raise MedcliError(f"{path}: not valid YAML or JSON ({first})") from None
+    if isinstance(doc, dict) and str(doc.get("format", "")).startswith("medcli.run/"):
+        doc = doc.get("config")  # a run's config.json: its resolved settings
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise MedcliError(f"{path}: expected a mapping of training settings (setting: value), got {type(doc).__name__}")
+    check_keys(doc, where)
+    return {k: check_value(k, v, f"{where}{k}") for k, v in doc.items()}
+
+
+# --- resolving --------------------------------------------------------------------------------------------------
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """Fill in derived settings and check the combination; raises :class:`MedcliError` when it cannot work."""
     from .. import paths
     from ..models import get_backbone, get_head
-    from ..strategies import check_combination, get_strategy
+    from ..strategies import check_combination, combination_note, get_strategy
 
     if not cfg.data:
         raise MedcliError("no dataset given: pass --data PATH")
+    cfg = validate(cfg)
     info = get_backbone(cfg.backbone)
     get_head(cfg.head)
     get_strategy(cfg.strategy)
@@ -119,23 +312,11 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         if not Path(weights).is_file():
             raise MedcliError(f"--weights {cfg.weights}: file not found (use imagenet, none or a weights file)")
     check_combination(cfg.backbone, cfg.strategy, None if weights == "none" else weights)
-    if cfg.strategy == "full" and weights == "none":
+    note = combination_note(cfg.backbone, cfg.strategy, None if weights == "none" else weights)
+    if note:
         import logging
 
-        logging.getLogger("medcli").warning("strategy 'full' with weights 'none' trains from random initialisation, exactly like 'scratch'")
-    if cfg.optimizer not in OPTIMIZERS:
-        raise MedcliError(f"--optimizer {cfg.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-    if cfg.monitor not in MONITORS:
-        raise MedcliError(f"--monitor {cfg.monitor!r}: choose one of {', '.join(MONITORS)}")
-    if cfg.precision not in PRECISIONS:
-        raise MedcliError(f"--precision {cfg.precision!r}: choose one of {', '.join(PRECISIONS)}")
-    for name, value, low in (("epochs", cfg.epochs, 1), ("batch-size", cfg.batch_size, 1), ("patience", cfg.patience, 1)):
-        if value < low:
-            raise MedcliError(f"--{name} {value}: must be at least {low}")
-    if cfg.lr <= 0:
-        raise MedcliError(f"--lr {cfg.lr}: must be positive")
-    if not 0 <= cfg.label_smoothing < 1:
-        raise MedcliError(f"--label-smoothing {cfg.label_smoothing}: must be in [0, 1)")
+        logging.getLogger("medcli").warning(note)
     name = cfg.dataset_name or _dataset_name(cfg.data)
     img_size = cfg.img_size or info.input_size
     out = cfg.out or paths.run_dir(cfg.results, name, cfg.backbone, cfg.strategy, cfg.seed, cfg.fold)
@@ -168,3 +349,36 @@ def work_dir(cfg: TrainConfig) -> str:
     from .. import paths
 
     return paths.work_dir(cfg.work, cfg.dataset_name, cfg.backbone, cfg.strategy, cfg.seed, cfg.fold)
+
+
+# --- the workflow's view ------------------------------------------------------------------------------------------
+
+
+def workflow_schema() -> dict:
+    """JSON-schema properties of the settings a workflow ``train:`` section may hold (``Setting.workflow == "train"``).
+
+    ``workflow/schemas/config.schema.yaml`` holds exactly this under ``$defs.train.properties`` (plus the
+    workflow's own ``weights`` key); ``tests/test_settings.py`` fails when the two drift.
+    """
+    json_type = {"bool": "boolean", "int": "integer", "float": "number", "str": "string", "dict": "object"}
+    props: dict[str, dict] = {}
+    for name, s in schema().items():
+        if s.workflow != "train":
+            continue
+        kind, _ = _TYPES[name]
+        prop: dict[str, Any] = {"type": json_type[kind]}
+        if s.choices is not None:
+            prop["enum"] = list(s.choices)
+        for key, value in (("minimum", s.minimum), ("exclusiveMinimum", s.exclusive_minimum),
+                           ("maximum", s.maximum), ("exclusiveMaximum", s.exclusive_maximum)):
+            if value is not None:
+                prop[key] = value
+        prop["description"] = s.help
+        props[name] = prop
+    return props
+
+
+if __name__ == "__main__":  # python -m medcli.training.config: the schema block for config.schema.yaml
+    import yaml
+
+    print(yaml.safe_dump({"properties": workflow_schema()}, sort_keys=False, width=200, allow_unicode=True))

@@ -162,3 +162,12 @@ def all_gradcam():
         paths.gradcam_index_file(paths.run_dir(RESULTS, c.dataset, c.backbone, c.strategy, c.seed, c.fold), split)
         for c in grid_lib.gradcam_cells(config, GRID)
     ]
+
+
+def train_job_settings(wildcards, input):
+    """The `medcli train --config` text of one cell (also the job's rerun trigger)."""
+    cell = cell_of(wildcards)
+    return grid_lib.job_settings(
+        grid_lib.train_settings(config, cell), data=grid_lib.dataset_path(config, wildcards.dataset), name=wildcards.dataset,
+        weights=weights_arg(wildcards, input), splits=input.splits, out=run_dir(wildcards), results=RESULTS, work=WORK, cache=CACHE,
+    )

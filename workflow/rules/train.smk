@@ -1,6 +1,8 @@
 # Training: one job per grid cell (dataset × backbone × strategy × seed × fold).
-# The resume checkpoint lives under `work`, never in a declared output, so a job killed at its walltime
-# resumes when rerun (`--rerun-incomplete`).
+# The job's settings (checked against medcli's settings schema when the DAG is built) are written to a file in
+# `work` that `medcli train --config` reads; the same text is the job's rerun trigger. The resume checkpoint
+# lives under `work` too, never in a declared output, so a job killed at its walltime resumes when rerun
+# (`--rerun-incomplete`).
 
 
 rule train:
@@ -14,14 +16,9 @@ rule train:
         history=paths.history_file(RUN),
         val=paths.predictions_file(RUN, "val"),
     params:
-        data=lambda wc: grid_lib.dataset_path(config, wc.dataset),
-        dataset_args=lambda wc: grid_lib.dataset_args(config, wc.dataset),
-        args=lambda wc: grid_lib.train_args(config, cell_of(wc)),
-        weights=weights_arg,
-        out=run_dir,
+        settings=train_job_settings,  # common.smk
+        settings_file=lambda wc: paths.cell_settings_file(WORK, wc.dataset, wc.backbone, wc.strategy, wc.seed, wc.fold),
         launch=LAUNCH,
-        work=lambda wc: WORK,  # resume checkpoints: deliberately not a declared output
-        cache=CACHE,
         rerun=RERUN,
     log:
         paths.log_file(LOGS, "train", "{dataset}", RUN_NAME),
@@ -36,6 +33,5 @@ rule train:
     conda:
         "../envs/medcli.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch} train --data {params.data:q} --name {wildcards.dataset} {params.dataset_args} "
-        "--splits {input.splits:q} --fold {wildcards.fold} --seed {wildcards.seed} --weights {params.weights:q} {params.args} "
-        "--out {params.out:q} --work {params.work:q} --cache-dir {params.cache:q} --workers {threads} > {log:q} 2>&1"
+        "mkdir -p \"$(dirname {params.settings_file:q})\" && printf '%s\\n' {params.settings:q} > {params.settings_file:q} && "
+        "OMP_NUM_THREADS={threads} {params.launch} train --config {params.settings_file:q} --workers {threads} > {log:q} 2>&1"

@@ -19,13 +19,13 @@ rule pretrain:
     output:
         model=paths.model_file(paths.run_dir(RESULTS, grid_lib.PRETRAIN_DATASET, "{backbone}", "scratch", 0, 0)),
     params:
-        data=lambda wc, input: os.path.dirname(input.data),
-        out=lambda wc: paths.run_dir(RESULTS, grid_lib.PRETRAIN_DATASET, wc.backbone, "scratch", 0, 0),
-        args=lambda wc: grid_lib.pretrain_args(config, wc.backbone),
-        name=grid_lib.PRETRAIN_DATASET,
+        settings=lambda wc, input: grid_lib.job_settings(
+            grid_lib.pretrain_settings(config, wc.backbone), data=os.path.dirname(input.data), name=grid_lib.PRETRAIN_DATASET,
+            weights="none", out=paths.run_dir(RESULTS, grid_lib.PRETRAIN_DATASET, wc.backbone, "scratch", 0, 0), results=RESULTS,
+            work=WORK, cache=CACHE,
+        ),
+        settings_file=lambda wc: paths.cell_settings_file(WORK, grid_lib.PRETRAIN_DATASET, wc.backbone, "scratch", 0, 0),
         launch=LAUNCH,
-        work=lambda wc: WORK,  # resume checkpoints: deliberately not a declared output
-        cache=CACHE,
         rerun=RERUN,
     log:
         paths.log_file(LOGS, "pretrain", grid_lib.PRETRAIN_DATASET, "{backbone}"),
@@ -40,5 +40,5 @@ rule pretrain:
     conda:
         "../envs/medcli.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {params.launch} train --data {params.data:q} --name {params.name} {params.args} "
-        "--out {params.out:q} --work {params.work:q} --cache-dir {params.cache:q} --workers {threads} > {log:q} 2>&1"
+        "mkdir -p \"$(dirname {params.settings_file:q})\" && printf '%s\\n' {params.settings:q} > {params.settings_file:q} && "
+        "OMP_NUM_THREADS={threads} {params.launch} train --config {params.settings_file:q} --workers {threads} > {log:q} 2>&1"

@@ -1,0 +1,165 @@
+"""The training-settings schema: one declaration, reachable from the CLI, a config file and the workflow."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from medcli import workflow as wf
+from medcli.cli import app
+from medcli.errors import MedcliError
+from medcli.training import TrainConfig
+from medcli.training import config as schema_lib
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+
+
+def test_workflow_train_schema_is_the_settings_schema():
+    block = dict(WORKFLOW_SCHEMA["$defs"]["train"]["properties"])
+    block.pop("weights")  # the workflow's own key (backbones.<b>.weights), not a training setting
+    expected = schema_lib.workflow_schema()
+    assert block == expected, "workflow/schemas/config.schema.yaml drifted from TrainConfig: regenerate with `python -m medcli.training.config`"
+
+
+def test_every_setting_is_declared_with_a_group_help_and_a_workflow_home():
+    dataset_keys = set(WORKFLOW_SCHEMA["properties"]["datasets"]["additionalProperties"]["properties"])
+    for f in fields(TrainConfig):
+        s = f.metadata["setting"]
+        assert s.help and s.group in (schema_lib.DATA, schema_lib.MODEL, schema_lib.OPTIMISATION, schema_lib.AUGMENTATION, schema_lib.RUN)
+        assert s.workflow in schema_lib.WORKFLOW_SCOPES, f.name
+        if s.workflow == "dataset":
+            assert f.name in dataset_keys, f"{f.name} is read from datasets.<name> but the workflow schema has no such key"
+
+
+def test_every_setting_has_a_command_line_option():
+    import typer.main
+
+    command = typer.main.get_command(app).commands["train"]
+    options = {opt for p in command.params for opt in p.opts + p.secondary_opts}
+    for f in fields(TrainConfig):
+        assert schema_lib.option_name(f.name) in options, f.name
+    assert {"--config", "-b", "-s", "--no-augment", "--hidden", "--momentum", "--min-lr-ratio", "--channels-last"} <= options
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"lrr": 0.1}, "unknown training setting 'lrr'; did you mean lr"),
+    ({"lr": "fast"}, "lr 'fast': expected a number, got str"),
+    ({"epochs": 2.5}, "epochs 2.5: expected a whole number, got float"),
+    ({"augment": "yes"}, "augment 'yes': expected true or false"),
+    ({"monitor": "auc"}, "monitor 'auc': choose one of balanced_accuracy, accuracy, macro_f1, loss"),
+    ({"channels": 2}, "channels 2: choose one of 1, 3"),
+    ({"batch_size": 0}, "batch_size 0: must be at least 1"),
+    ({"label_smoothing": 1.0}, "label_smoothing 1.0: must be less than 1"),
+    ({"epochs": None}, "epochs: null is not allowed"),
+])
+def test_bad_settings_are_one_line_errors_naming_key_value_and_what_is_allowed(values, message):
+    with pytest.raises(MedcliError) as err:
+        schema_lib.from_dict(values, "cell.yaml: ")
+    assert message in str(err.value) and str(err.value).startswith("cell.yaml: ") and "\n" not in str(err.value)
+
+
+def test_numbers_are_normalised_like_the_command_line_does():
+    cfg = schema_lib.from_dict({"lr": 1, "img_size": 64, "out": Path("x")})
+    assert isinstance(cfg.lr, float) and cfg.lr == 1.0 and cfg.out == "x"
+
+
+def _captured_train(monkeypatch) -> list:
+    seen: list = []
+
+    def fake_train(cfg):
+        seen.append(cfg)
+        return {"main_process": True, "best_epoch": 1, "monitor": cfg.monitor, "best_score": 0.5, "out": "x"}
+
+    monkeypatch.setattr("medcli.training.loop.train", fake_train)
+    return seen
+
+
+def test_options_override_the_config_file_which_overrides_the_defaults(tmp_path, monkeypatch):
+    seen = _captured_train(monkeypatch)
+    cell = tmp_path / "cell.yaml"
+    cell.write_text(yaml.safe_dump({"data": "somewhere", "lr": 0.01, "epochs": 7, "aliases": {"a_b": "a"}, "augment": False}))
+    result = CliRunner().invoke(app, ["train", "--config", str(cell), "--epochs", "3", "-b", "customcnn", "--alias", "c_d=c", "--hidden", "64"])
+    assert result.exit_code == 0, result.output
+    cfg = seen[0]
+    assert cfg.epochs == 3 and cfg.lr == 0.01 and cfg.backbone == "customcnn" and cfg.hidden == 64  # option > file > default
+    assert cfg.aliases == {"c_d": "c"} and cfg.augment is False and cfg.data == "somewhere"
+    assert cfg.batch_size == TrainConfig().batch_size and cfg.augment is False
+
+
+def test_options_alone_are_handed_over_with_schema_types(monkeypatch):
+    seen = _captured_train(monkeypatch)
+    result = CliRunner().invoke(app, ["train", "--data", "d", "--lr", "0.5", "--no-class-weights", "--precision", "fp32",
+                                      "--min-lr-ratio", "0.2", "--momentum", "0.8", "--no-channels-last", "--compile", "--name", "n"])
+    assert result.exit_code == 0, result.output
+    expected = TrainConfig(data="d", lr=0.5, class_weights=False, precision="fp32", min_lr_ratio=0.2, momentum=0.8,
+                           channels_last=False, compile=True, dataset_name="n")
+    assert seen[0] == expected
+
+
+def test_bad_option_or_file_value_exits_1_with_one_line(tmp_path, monkeypatch):
+    seen = _captured_train(monkeypatch)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("monitor: auc\n")
+    for args in (["train", "--config", str(bad), "--data", "d"], ["train", "--data", "d", "--optimizer", "adam"],
+                 ["train", "--config", str(tmp_path / "missing.yaml")]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1 and not seen
+        assert len(result.output.strip().splitlines()) == 1 and "error:" in result.output, result.output
+
+
+def test_a_run_config_json_feeds_back_into_the_same_settings(tmp_path, monkeypatch):
+    seen = _captured_train(monkeypatch)
+    resolved = TrainConfig(data=str(tmp_path), dataset_name="ds", backbone="customcnn", strategy="scratch", weights="none", img_size=32,
+                           channels=1, epochs=2, augment=True, out=str(tmp_path / "run"), aliases={"x_1": "x"}, seed=3, fold=2)
+    doc = {"format": "medcli.run/1", "config": asdict(resolved), "classes": ["a", "b"], "summary": {}}
+    (tmp_path / "config.json").write_text(json.dumps(doc))
+    result = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "config.json")])
+    assert result.exit_code == 0, result.output
+    assert seen[0] == resolved and seen[0].key() == resolved.key()
+
+
+def test_workflow_job_settings_are_a_valid_config_file(tmp_path):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    cell = wf.expand_grid(config).cells[0]
+    text = wf.job_settings(wf.train_settings(config, cell), data="work/data/demo", name="demo", weights="none", out="results/x",
+                           results="results", work="work", cache="work/cache", splits="results/demo/splits.json")
+    (tmp_path / "settings.json").write_text(text)
+    cfg = schema_lib.from_dict(schema_lib.read_settings(tmp_path / "settings.json"))
+    assert (cfg.backbone, cfg.strategy, cfg.seed, cfg.fold) == (cell.backbone, cell.strategy, cell.seed, cell.fold)
+    assert (cfg.epochs, cfg.img_size, cfg.channels, cfg.splits, cfg.cache_dir) == (6, 64, 1, "results/demo/splits.json", "work/cache")
+
+
+def test_pretraining_settings_follow_the_pretrain_section():
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    settings = wf.pretrain_settings(config, "resnet18")
+    assert settings["epochs"] == config["pretrain"]["epochs"] and settings["lr"] == config["pretrain"]["train"]["lr"]
+    assert settings["channels"] == config["pretrain"]["synth"]["channels"] and settings["strategy"] == "scratch"
+
+
+def test_full_from_random_weights_is_one_rule_with_two_outcomes(tmp_path, caplog):
+    """The grid skips the cell; training by hand warns and proceeds; both say the same thing."""
+    from medcli.strategies import combination_note
+
+    note = combination_note("customcnn", "full", None)
+    assert note and combination_note("customcnn", "full", "some.pt") is None and combination_note("resnet18", "scratch", None) is None
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["weights"] = "none"
+    config.pop("pretrain")
+    skipped = {(s["backbone"], s["strategy"]): s["reason"] for s in wf.expand_grid(config).skipped}
+    assert skipped[("customcnn", "full")] == note
+    with caplog.at_level("WARNING", logger="medcli"):
+        cfg = schema_lib.resolve(TrainConfig(data=str(tmp_path), backbone="customcnn", strategy="full"))
+    assert cfg.weights == "none" and note in caplog.text
+
+
+def test_resume_key_covers_exactly_the_settings_that_change_results():
+    base = TrainConfig(data="d")
+    assert base.key() == TrainConfig(data="d", out="elsewhere", workers=3, checkpoint_every=0, feature_cache=False, progress=False).key()
+    for change in ({"lr": 0.01}, {"hidden": 128}, {"momentum": 0.5}, {"min_lr_ratio": 0.1}, {"channels_last": False}, {"seed": 1}):
+        assert TrainConfig(data="d", **change).key() != base.key(), change
