@@ -42,77 +42,53 @@ def make_splits(
     fingerprint: str | None = None,
     excluded: list[dict] | None = None,
 ) -> dict:
-    """Build the splits document for the (readable) samples of ``dataset``.
+    """Build the splits document for the (readable) samples of ``dataset``; nothing is written (see
+    :func:`split_data` and :func:`save_splits`).
+
+    Steps: images are grouped (manifest groups and duplicate clusters, merged transitively); the test set is the
+    dataset's own test split or a stratified group holdout; test images that duplicate development images are
+    reported (and dropped on request); the development pool is split into folds; leakage and fold balance are
+    reported; the document is assembled and checked (:func:`check_splits`).
 
     Args:
         dataset: the dataset, unreadable files already removed.
-        dups: duplicate clusters of those samples (see :func:`medcli.data.inspect.duplicates_of`).
-        folds: number of cross-validation folds; 0 keeps the dataset's own train/val split.
-        fingerprint: fingerprint of the full dataset (before unreadable files were dropped).
+        dups: duplicate clusters of those samples (see :func:`medcli.data.inspect.duplicates_of`); its
+            ``threshold`` (bits of a 256-bit perceptual hash) is recorded.
+        folds: number of cross-validation folds (``StratifiedGroupKFold``, shuffled with ``seed``); 0 keeps the
+            dataset's own train/val split, or, without a val split, makes one stratified group holdout.
+        seed: seed of every random split (test holdout, folds, validation holdout).
+        test_fraction: share of images (0 < f < 1) held out as the test set when the dataset has no test split;
+            used as one fold of a ``round(1 / test_fraction)``-fold grouped split, so the share is approximate.
+        val_fraction: likewise for the validation holdout with ``folds=0`` and no val split.
+        drop_test_duplicates: drop test images that duplicate development images (recorded in ``excluded``);
+            otherwise they are kept and reported.
+        fingerprint: fingerprint of the full dataset (before unreadable files were dropped); default: ``dataset``'s.
         excluded: ``{"id", "reason"}`` for files left out (unreadable).
+
+    Returns:
+        The ``medcli.splits/1`` document: ``format``, ``medcli_version``, ``created`` (UTC, ISO 8601),
+        ``dataset`` (root, layout, fingerprint, ``n_images`` including excluded files), ``settings``, ``classes``,
+        ``class_mapping``, ``labels`` (id -> class for every kept image), ``groups`` (id -> ``g<n>`` for images
+        sharing a group), ``test_source`` (``dataset`` or ``holdout``), ``test`` (sorted ids), ``folds`` (``fold``,
+        sorted ``train`` and ``val`` ids, and with ``folds=0`` a ``source``), ``excluded`` and ``leakage``.
+
+    Raises:
+        MedcliError: fewer than two classes; ``folds`` 1 or negative; ``test_fraction`` outside (0, 1) when a
+            holdout is needed; a class with fewer independent image groups than the folds (or holdout parts)
+            need; a fold without training images of some class.
     """
-    if len(dataset.classes) < 2:
-        raise MedcliError(f"{dataset.root}: only one class ({', '.join(dataset.classes)}) was found; classification needs at least two")
-    if folds == 1 or folds < 0:
-        raise MedcliError(f"--folds {folds}: use 0 (the dataset's own train/val split) or at least 2")
+    _check_settings(dataset, folds)
     samples = sorted(dataset.samples, key=lambda s: s.id)
     ids = [s.id for s in samples]
     labels = {s.id: s.label for s in samples}
     groups = _groups(samples, dups)
-
-    if "test" in dataset.splits:
-        test_source = "dataset"
-        test = [s.id for s in samples if s.split == "test"]
-        dev = [s.id for s in samples if s.split != "test"]
-    else:
-        if not 0 < test_fraction < 1:
-            raise MedcliError(f"--test-fraction {test_fraction}: must be between 0 and 1")
-        test_source = "holdout"
-        dev, test = _group_holdout(ids, labels, groups, test_fraction, seed, what="test set")
-
-    dev_set = set(dev)
-    dev_clusters = {groups[i] for i in dev}
-    leaking = sorted(i for i in test if groups[i] in dev_clusters)
-    dropped: list[str] = []
-    if leaking:
-        action = "dropped" if drop_test_duplicates else "kept (pass --drop-test-duplicates to drop them)"
-        log.warning("%d test image(s) duplicate development images; %s", len(leaking), action)
-        if drop_test_duplicates:
-            dropped = leaking
-            leaking_set = set(leaking)
-            test = [i for i in test if i not in leaking_set]
-
-    fold_list: list[dict] = []
-    if folds == 0:
-        by_id = dataset.by_id()
-        if any(by_id[i].split == "val" for i in dev):
-            train = [i for i in dev if by_id[i].split == "train"]
-            val = [i for i in dev if by_id[i].split == "val"]
-            source = "dataset"
-        else:
-            train, val = _group_holdout(dev, labels, groups, val_fraction, seed, what="validation set")
-            source = "holdout"
-        fold_list.append({"fold": 0, "train": train, "val": val, "source": source})
-    else:
-        fold_list = _kfold(dev, labels, groups, folds, seed)
-
-    straddling = []
-    for f in fold_list:
-        train_clusters = {groups[i] for i in f["train"]}
-        straddling += [i for i in f["val"] if groups[i] in train_clusters]
-    if straddling:
-        log.warning("%d validation image(s) duplicate training images of the dataset's own split (kept: --folds 0 keeps that split as given)", len(straddling))
-
+    dev, test, test_source = _test_split(dataset, samples, labels, groups, test_fraction, seed)
+    test, leaking, dropped = _test_leakage(test, dev, groups, drop_test_duplicates)
+    fold_list = _dev_folds(dataset, dev, labels, groups, folds, val_fraction, seed)
+    straddling = _val_leakage(fold_list, groups)
     sizes = Counter(groups.values())
-    largest = max(sizes.values())
-    n_parts = max(folds, 2)
-    if largest > len(dev) / (2 * n_parts):
-        log.warning(
-            "the largest group of duplicates/patients holds %d of %d development images: folds cannot be balanced well; "
-            "check it with `medcli data inspect` (or lower --near-threshold)", largest, len(dev)
-        )
-    grouped = {i: f"g{groups[i]}" for i in ids if sizes[groups[i]] > 1}
-    kept = dev_set | set(test)
+    largest = _warn_large_group(sizes, folds, len(dev))
+    kept = set(dev) | set(test)
     doc = {
         "format": SPLITS_FORMAT,
         "medcli_version": __version__,
@@ -134,7 +110,7 @@ def make_splits(
         "classes": dataset.classes,
         "class_mapping": dict(sorted(dataset.class_mapping.items())),
         "labels": {i: labels[i] for i in ids if i in kept},
-        "groups": grouped,
+        "groups": {i: f"g{groups[i]}" for i in ids if sizes[groups[i]] > 1},
         "test_source": test_source,
         "test": sorted(test),
         "folds": [{k: (sorted(v) if isinstance(v, list) else v) for k, v in f.items()} for f in fold_list],
@@ -149,6 +125,73 @@ def make_splits(
     }
     check_splits(doc)
     return doc
+
+
+def _check_settings(dataset: Dataset, folds: int) -> None:
+    if len(dataset.classes) < 2:
+        raise MedcliError(f"{dataset.root}: only one class ({', '.join(dataset.classes)}) was found; classification needs at least two")
+    if folds == 1 or folds < 0:
+        raise MedcliError(f"--folds {folds}: use 0 (the dataset's own train/val split) or at least 2")
+
+
+def _test_split(dataset: Dataset, samples, labels: dict[str, str], groups: dict[str, int], test_fraction: float, seed: int) -> tuple[list[str], list[str], str]:
+    """``(development ids, test ids, test source)``: the dataset's own test split, else a stratified group holdout."""
+    if "test" in dataset.splits:
+        return [s.id for s in samples if s.split != "test"], [s.id for s in samples if s.split == "test"], "dataset"
+    if not 0 < test_fraction < 1:
+        raise MedcliError(f"--test-fraction {test_fraction}: must be between 0 and 1")
+    dev, test = _group_holdout([s.id for s in samples], labels, groups, test_fraction, seed, what="test set")
+    return dev, test, "holdout"
+
+
+def _test_leakage(test: list[str], dev: list[str], groups: dict[str, int], drop: bool) -> tuple[list[str], list[str], list[str]]:
+    """``(test ids kept, test ids duplicating development images, test ids dropped)``; warns about the leak."""
+    dev_clusters = {groups[i] for i in dev}
+    leaking = sorted(i for i in test if groups[i] in dev_clusters)
+    if not leaking:
+        return test, leaking, []
+    action = "dropped" if drop else "kept (pass --drop-test-duplicates to drop them)"
+    log.warning("%d test image(s) duplicate development images; %s", len(leaking), action)
+    if not drop:
+        return test, leaking, []
+    leaking_set = set(leaking)
+    return [i for i in test if i not in leaking_set], leaking, leaking
+
+
+def _dev_folds(dataset: Dataset, dev: list[str], labels: dict[str, str], groups: dict[str, int], folds: int, val_fraction: float, seed: int) -> list[dict]:
+    """``folds`` grouped, stratified folds of the development pool; with ``folds=0`` one fold: the dataset's own
+    train/val split, or a stratified group holdout of ``val_fraction`` when it has no val split."""
+    if folds != 0:
+        return _kfold(dev, labels, groups, folds, seed)
+    by_id = dataset.by_id()
+    if any(by_id[i].split == "val" for i in dev):
+        train = [i for i in dev if by_id[i].split == "train"]
+        val = [i for i in dev if by_id[i].split == "val"]
+        return [{"fold": 0, "train": train, "val": val, "source": "dataset"}]
+    train, val = _group_holdout(dev, labels, groups, val_fraction, seed, what="validation set")
+    return [{"fold": 0, "train": train, "val": val, "source": "holdout"}]
+
+
+def _val_leakage(fold_list: list[dict], groups: dict[str, int]) -> list[str]:
+    """Validation ids sharing a group with their fold's training ids (possible only with the dataset's own split)."""
+    straddling = []
+    for f in fold_list:
+        train_clusters = {groups[i] for i in f["train"]}
+        straddling += [i for i in f["val"] if groups[i] in train_clusters]
+    if straddling:
+        log.warning("%d validation image(s) duplicate training images of the dataset's own split (kept: --folds 0 keeps that split as given)", len(straddling))
+    return straddling
+
+
+def _warn_large_group(sizes: Counter, folds: int, n_dev: int) -> int:
+    """The largest group's size; warns when it exceeds half of one part of the development pool."""
+    largest = max(sizes.values())
+    if largest > n_dev / (2 * max(folds, 2)):
+        log.warning(
+            "the largest group of duplicates/patients holds %d of %d development images: folds cannot be balanced well; "
+            "check it with `medcli data inspect` (or lower --near-threshold)", largest, n_dev
+        )
+    return largest
 
 
 def _groups(samples, dups: DuplicateReport) -> dict[str, int]:

@@ -145,8 +145,24 @@ def find_duplicates(
 ) -> DuplicateReport:
     """Group images into exact-duplicate and near-duplicate groups; every image gets a cluster number.
 
-    Near groups are reported over distinct pictures (exact copies collapsed first) and list every file.
-    Clusters merge both relations transitively: they are what must never be split across folds.
+    The five lists are parallel, one entry per image (from :mod:`medcli.data.scan`):
+
+    Args:
+        ids: image ids.
+        labels: class names (a group with several is a label conflict).
+        pixel_hashes: hashes of the decoded pixels; equal hashes are exact duplicates.
+        phashes: 64-bit DCT perceptual hashes (unsigned ints); pairs within :data:`CANDIDATE_THRESHOLD` (6) bits
+            are the candidates for near duplicates.
+        phashes256: 256-bit DCT perceptual hashes (64 hex digits each).
+        threshold: near-duplicate distance, in bits of the 256-bit perceptual hash (0-256; default
+            :data:`DEFAULT_NEAR_THRESHOLD` = 40): a candidate pair is a near duplicate when its 256-bit hashes
+            differ in at most this many bits. Raising it does not widen the 64-bit candidate search.
+
+    Returns:
+        A :class:`DuplicateReport`: ``exact`` and ``near`` groups (ids and labels, sorted by first id; near groups
+        are found over distinct pictures, exact copies collapsed first, and list every file), ``clusters``
+        (id -> cluster number: both relations merged transitively; what must never be split across folds) and
+        ``threshold``. Nothing is written; nothing is raised for well-formed input.
     """
     n = len(ids)
     report = DuplicateReport(threshold=threshold)

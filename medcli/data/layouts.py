@@ -96,7 +96,28 @@ def detect_layout(path: Path) -> str:
 
 
 def load_dataset(path: str | os.PathLike, layout: str = "auto", aliases: dict[str, str] | None = None) -> Dataset:
-    """Index the dataset at ``path``; class names are reconciled across splits (see :mod:`.classes`)."""
+    """Index the dataset at ``path``; class names are reconciled across splits (see :mod:`.classes`).
+
+    Nothing is decoded or written: files are listed (id, path, byte size, mtime), labelled and sorted by id.
+
+    Args:
+        path: a folder (``imagefolder``: ``ROOT/<class>/<img>``; ``presplit``:
+            ``ROOT/{train,val|valid|validation,test}/<class>/<img>``), a ``.csv`` manifest (``path,label[,group]
+            [,split]``, paths relative to the CSV) or a MedMNIST-style ``.npz`` (``train_images``,
+            ``train_labels``, ``val_*``, ``test_*``).
+        layout: ``auto`` (detected from ``path``) or one of the layouts above.
+        aliases: ``{raw folder/label name: class name}``, applied before the automatic prefix reconciliation.
+
+    Returns:
+        A :class:`Dataset`: ``samples`` (sorted by id; an id is the path relative to the root, posix, or
+        ``<split>/<index>`` in an npz), sorted ``classes``, ``class_mapping`` (raw name -> class) and ``notes``
+        (ignored files and empty folders, also logged).
+
+    Raises:
+        MedcliError: the path is missing or of the wrong kind, an unknown layout, no images, a malformed manifest
+            or archive, a pre-split folder without ``train/``, class names that cannot be reconciled (two
+            folders of one split mapping to one class, a val/test class without a train counterpart, a bad alias).
+    """
     root = Path(path).expanduser().resolve()
     if layout == "auto":
         layout = detect_layout(root)

@@ -99,7 +99,28 @@ def materialize(
     cache_dir: str | os.PathLike | None = None,
     workers: int | None = None,
 ) -> ImageStore:
-    """Return the store for ``dataset`` under ``settings``, building it if it does not exist yet."""
+    """The decoded-image store of ``dataset``'s samples under ``settings``, built first if no store has its key.
+
+    Args:
+        dataset: the samples to decode (every one is stored, in ``dataset.samples`` order).
+        settings: side ``img_size`` in pixels (square output), ``channels`` (1 or 3), ``resize`` mode (``squash``,
+            ``pad``, ``crop``) and ``interpolation``.
+        cache_dir: cache root; default ``$MEDCLI_CACHE``, else ``$XDG_CACHE_HOME/medcli`` (``~/.cache/medcli``).
+        workers: decoding processes (default: the CPUs available; small or npz datasets decode in-process).
+
+    Returns:
+        An :class:`ImageStore`: ``images`` memory-mapped, ``(N, img_size, img_size, channels)`` uint8, rows in
+        sample order; ``ids``; ``key``.
+
+    Writes ``<cache>/store/<key>/images.npy`` and ``meta.json`` (``key``, ``settings``, ``ids``) when the
+    store is new; the key (:func:`store_key`) hashes every sample's id, path, byte size, mtime and npz index
+    plus the settings. The folder is built privately and renamed into place, so concurrent jobs are safe and a
+    reader never sees a half-written store.
+
+    Raises:
+        MedcliError: invalid settings (:meth:`StoreSettings.validate`), an image that cannot be decoded (naming
+            the file), an unreadable existing store.
+    """
     from ..paths import default_cache_dir
 
     settings.validate()

@@ -266,21 +266,49 @@ def verdict(rows: list[dict], primary: str) -> dict | None:
 
 def comparability(runs: list[Run], rows: list[dict], *, splits_fingerprint: str | None,
                   experiment_cells: set[tuple] | None) -> list[dict]:
-    """Checks that tell whether the rows are comparable: ``[{ok: bool, text: str}]``."""
-    checks = []
+    """Checks that tell whether the rows are comparable: ``[{ok: bool | None, text: str}]``, in this order (a
+    check with nothing to say is left out): one split assignment, one data version, the same (seed, fold) runs in
+    every configuration, runs lacking test results, one test-set size, settings within a configuration, settings
+    between configurations (``ok`` None: a note), source revisions, runs outside the experiment's grid.
+
+    ``splits_fingerprint`` is the current splits file's (None: no file); ``experiment_cells`` the
+    ``(dataset, backbone, strategy, seed, fold)`` cells of ``experiment.json`` (None: no such file).
+    """
+    configs = [r for r in rows if r["kind"] == "configuration"]
+    settings = _settings_by_config(runs)
+    checks = (
+        _check_split_assignment(runs, splits_fingerprint),
+        _check_data_version(runs),
+        _check_same_runs(runs, configs),
+        _check_evaluated(configs),
+        _check_test_size(configs),
+        _check_settings_within(settings),
+        _check_settings_between(settings),
+        _check_revisions(runs),
+        _check_grid(runs, experiment_cells),
+    )
+    return [c for c in checks if c is not None]
+
+
+def _check_split_assignment(runs: list[Run], splits_fingerprint: str | None) -> dict:
     fingerprints = {r.doc.get("splits_fingerprint") for r in runs}
     if len(fingerprints) > 1:
-        checks.append({"ok": False, "text": f"runs were trained on {len(fingerprints)} different split assignments "
-                       "(`splits_fingerprint` in config.json differs); paired comparisons mix different folds"})
-    elif splits_fingerprint and fingerprints != {splits_fingerprint}:
-        checks.append({"ok": False, "text": "the runs' `splits_fingerprint` does not match the current splits.json; "
-                       "the splits were remade after training"})
-    else:
-        where = " and match splits.json" if splits_fingerprint else ""
-        checks.append({"ok": True, "text": f"all {len(runs)} runs share one split assignment (same `splits_fingerprint`{where})"})
+        return {"ok": False, "text": f"runs were trained on {len(fingerprints)} different split assignments "
+                "(`splits_fingerprint` in config.json differs); paired comparisons mix different folds"}
+    if splits_fingerprint and fingerprints != {splits_fingerprint}:
+        return {"ok": False, "text": "the runs' `splits_fingerprint` does not match the current splits.json; "
+                "the splits were remade after training"}
+    where = " and match splits.json" if splits_fingerprint else ""
+    return {"ok": True, "text": f"all {len(runs)} runs share one split assignment (same `splits_fingerprint`{where})"}
+
+
+def _check_data_version(runs: list[Run]) -> dict | None:
     if len({r.doc.get("data_fingerprint") for r in runs}) > 1:
-        checks.append({"ok": False, "text": "runs saw different versions of the data (`data_fingerprint` differs)"})
-    configs = [r for r in rows if r["kind"] == "configuration"]
+        return {"ok": False, "text": "runs saw different versions of the data (`data_fingerprint` differs)"}
+    return None
+
+
+def _check_same_runs(runs: list[Run], configs: list[dict]) -> dict:
     grid = {(r.key.seed, r.key.fold) for r in runs}
     have = defaultdict(set)
     for r in runs:
@@ -289,46 +317,82 @@ def comparability(runs: list[Run], rows: list[dict], *, splits_fingerprint: str 
              + ", ".join(f"seed {s} fold {f}" for s, f in sorted(grid - have[row["config"]])) + ")"
              for row in configs if have[row["config"]] != grid]
     if short:
-        checks.append({"ok": False, "text": "not every configuration has the same (seed, fold) runs: " + ", ".join(short)
-                       + "; CV columns use the runs present and paired tests the matched pairs only"})
-    else:
-        checks.append({"ok": True, "text": f"every configuration has the same {len(grid)} (seed, fold) runs"})
+        return {"ok": False, "text": "not every configuration has the same (seed, fold) runs: " + ", ".join(short)
+                + "; CV columns use the runs present and paired tests the matched pairs only"}
+    return {"ok": True, "text": f"every configuration has the same {len(grid)} (seed, fold) runs"}
+
+
+def _check_evaluated(configs: list[dict]) -> dict | None:
     not_evaluated = sum(len(row["not_evaluated"]) for row in configs)
     if not_evaluated:
-        checks.append({"ok": False, "text": f"{not_evaluated} run(s) lack test results (`medcli eval` not run; listed under "
-                       "Not evaluated); their fold ensembles have fewer models"})
+        return {"ok": False, "text": f"{not_evaluated} run(s) lack test results (`medcli eval` not run; listed under "
+                "Not evaluated); their fold ensembles have fewer models"}
+    return None
+
+
+def _check_test_size(configs: list[dict]) -> dict | None:
     sizes = {row["test"]["n_images"] for row in configs if row["test"]}
     if len(sizes) > 1:
-        checks.append({"ok": False, "text": f"test columns are scored on different numbers of test images ({sorted(sizes)})"})
-    elif sizes:
-        checks.append({"ok": True, "text": f"every test column is scored on the same {sizes.pop()} held-out test images"})
-    within, between = [], []
+        return {"ok": False, "text": f"test columns are scored on different numbers of test images ({sorted(sizes)})"}
+    if sizes:
+        return {"ok": True, "text": f"every test column is scored on the same {sizes.pop()} held-out test images"}
+    return None
+
+
+def _settings_by_config(runs: list[Run]) -> dict[str, dict[str, set[str]]]:
+    """``{protocol key: {configuration: the values its runs were trained with}}`` (keys in PROTOCOL_KEYS order)."""
+    out = {}
     for key in PROTOCOL_KEYS:
         by_config = defaultdict(set)
         for r in runs:
             if key in (r.doc.get("config") or {}):
                 by_config[r.config].add(str(r.doc["config"][key]))
+        out[key] = by_config
+    return out
+
+
+def _check_settings_within(settings: dict[str, dict[str, set[str]]]) -> dict | None:
+    within = []
+    for key, by_config in settings.items():
         mixed = sorted(c for c, values in by_config.items() if len(values) > 1)
         if mixed:
             within.append(f"{key} in " + ", ".join(f"`{c}` ({', '.join(sorted(by_config[c]))})" for c in mixed))
-        elif len({v for values in by_config.values() for v in values}) > 1:
+    if within:
+        return {"ok": False, "text": "runs of one configuration were trained with different settings: " + "; ".join(within)}
+    return None
+
+
+def _check_settings_between(settings: dict[str, dict[str, set[str]]]) -> dict | None:
+    """Settings that differ between configurations (a key that also differs within one is reported there only)."""
+    between = []
+    for key, by_config in settings.items():
+        if any(len(values) > 1 for values in by_config.values()):
+            continue
+        if len({v for values in by_config.values() for v in values}) > 1:
             groups = defaultdict(list)
             for c, values in sorted(by_config.items()):
                 groups[next(iter(values))].append(f"`{c}`")
             between.append(f"{key}: " + "; ".join(f"{value} for {', '.join(cs)}" for value, cs in sorted(groups.items())))
-    if within:
-        checks.append({"ok": False, "text": "runs of one configuration were trained with different settings: " + "; ".join(within)})
     if between:
-        checks.append({"ok": None, "text": "configurations differ in these training settings (by the config or a strategy's "
-                       "default, so part of what is compared): " + " | ".join(between)})
+        return {"ok": None, "text": "configurations differ in these training settings (by the config or a strategy's "
+                "default, so part of what is compared): " + " | ".join(between)}
+    return None
+
+
+def _check_revisions(runs: list[Run]) -> dict | None:
     revisions = {str(r.doc.get("git_revision")) for r in runs}
     dirty = sum(1 for r in runs if str(r.doc.get("git_revision") or "").endswith("-dirty"))
     if len(revisions) > 1 or dirty:
         text = f"runs come from {len(revisions)} source revision(s)"
-        checks.append({"ok": False, "text": text + (f"; {dirty} run(s) from uncommitted changes" if dirty else "") + " (see Provenance)"})
-    if experiment_cells is not None:
-        extra = [r.rel for r in runs if (r.key.dataset, r.key.backbone, r.key.strategy, r.key.seed, r.key.fold) not in experiment_cells]
-        if extra:
-            checks.append({"ok": False, "text": f"{len(extra)} run(s) are not cells of experiment.json (left from an "
-                           f"earlier grid?) but are included, e.g. `{extra[0]}`"})
-    return checks
+        return {"ok": False, "text": text + (f"; {dirty} run(s) from uncommitted changes" if dirty else "") + " (see Provenance)"}
+    return None
+
+
+def _check_grid(runs: list[Run], experiment_cells: set[tuple] | None) -> dict | None:
+    if experiment_cells is None:
+        return None
+    extra = [r.rel for r in runs if (r.key.dataset, r.key.backbone, r.key.strategy, r.key.seed, r.key.fold) not in experiment_cells]
+    if extra:
+        return {"ok": False, "text": f"{len(extra)} run(s) are not cells of experiment.json (left from an "
+                f"earlier grid?) but are included, e.g. `{extra[0]}`"}
+    return None

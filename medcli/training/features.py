@@ -109,34 +109,35 @@ def key_parts(*, store_key: str, ids: list[str], backbone: str, trunk: str, mean
     }
 
 
-@torch.no_grad()
 def extract_features(model, images: np.ndarray, rows: np.ndarray, norm, accelerator, *, batch_size: int,
                      channels_last: bool = False, progress: bool = True) -> torch.Tensor:
     """``model.trunk`` outputs ``(len(rows), F)`` float32 (CPU) for store rows ``rows``, in eval mode.
 
-    The input is made exactly as for training without augmentation (uint8 -> scaled -> normalized), under the
-    run's autocast, so a head fed these vectors computes what the full model computes on the images.
+    ``images`` is the store's N x H x W x C uint8 array, ``norm`` the ``(mean, std)`` tensors on the
+    accelerator's device, ``batch_size`` in images. The input is made exactly as for training without
+    augmentation (uint8 -> scaled -> normalized), under the run's autocast, by the shared inference loop
+    (:func:`medcli.inference.infer`), so a head fed these vectors computes what the full model computes on the
+    images. The trunk is returned to its device and train/eval mode afterwards.
     """
+    from ..inference import infer, row_batches, store_pixels
     from ..progress import track_units
 
     trunk = model.trunk
     home = next(trunk.parameters()).device
     was_training = trunk.training
-    trunk.eval().to(accelerator.device)
-    out = torch.empty((len(rows), model.feature_dim), dtype=torch.float32)
-    starts = range(0, len(rows), batch_size)
+    trunk.to(accelerator.device)
+
+    def inputs(positions: torch.Tensor) -> torch.Tensor:
+        pixels = store_pixels(images, rows[positions.numpy()], accelerator.device)
+        return to_model_input(pixels, *norm, channels_last=channels_last)
+
+    batches = ((b, len(b)) for b in row_batches(rows, batch_size))
+    batches = track_units(batches, len(rows), f"computing {model.backbone} features", unit="images", enabled=progress)
     try:
-        batches = ((a, min(batch_size, len(rows) - a)) for a in starts)
-        for a in track_units(batches, len(rows), f"computing {model.backbone} features", unit="images", enabled=progress):
-            block = np.ascontiguousarray(images[rows[a : a + batch_size]])  # N x H x W x C uint8, as ImageSet.pixels
-            pixels = torch.from_numpy(block).permute(0, 3, 1, 2).to(accelerator.device)
-            x = to_model_input(pixels, *norm, channels_last=channels_last)
-            with accelerator.autocast():
-                feats = trunk(x)
-            out[a : a + len(block)] = feats.float().cpu()
+        out = infer(trunk, batches, inputs, len(rows), autocast=accelerator.autocast)
     finally:
         trunk.train(was_training).to(home)
-    return out
+    return out if len(rows) else torch.empty((0, model.feature_dim), dtype=torch.float32)
 
 
 def extraction_batch(batch_size: int, img_size: int) -> int:

@@ -1,15 +1,19 @@
 """The training loop: one code path for CPU, one GPU and several GPUs (Accelerate).
 
-Reads top-down like torchvision's reference script: :func:`train` resolves the config, loads the fold
-(:func:`load_fold`), builds the model and the strategy plan, then alternates :func:`train_one_epoch` and
-:func:`predict`, keeping a real copy of the best epoch's weights, checkpointing to the work folder after an epoch
-once ``checkpoint_every`` seconds have passed (so a killed run resumes), and finally writes the run folder (see
-docs/architecture.md).
+Reads top-down like torchvision's reference script: :func:`train` is a short sequence of named steps. It
+resolves the config, loads the fold (:func:`load_fold`), builds the model and the strategy plan
+(:func:`build_model`), the loss and the loaders (:func:`make_loaders`), resumes from a checkpoint if one is
+there (:mod:`medcli.training.resume`), chooses what the network reads (:func:`choose_inputs`), then runs the
+epochs (:func:`_fit`: :func:`train_one_epoch` and :func:`predict`, early stopping by
+:class:`~medcli.training.early_stopping.EarlyStopping`, which keeps a real copy of the best epoch's weights,
+checkpointing to the work folder after an epoch once ``checkpoint_every`` seconds have passed, so a killed
+run resumes), and finally writes the run folder (see docs/architecture.md).
 
-Both functions read batches through an ``inputs(positions, generator)`` function: images from the store
+Both loops read batches through an ``inputs(positions, generator)`` function: images from the store
 (:func:`image_inputs`), or, when the plan trains the head alone on a frozen trunk without augmentation, the
 trunk's outputs computed once (:mod:`medcli.training.features`); then only the head runs, and the saved model
-is still the whole model.
+is still the whole model. Validation logits come from the inference loop shared with evaluation and the
+feature cache (:func:`medcli.inference.infer`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,15 +32,16 @@ import torch.nn as nn
 
 from .. import paths
 from ..errors import MedcliError
+from ..inference import infer
 from .batches import AugmentSettings, ImageSet, index_loader, normalization, to_model_input
 from .config import MONITORS, TrainConfig, resolve, work_dir
+from .early_stopping import EarlyStopping
+from .resume import resume_state, save_checkpoint
 
 if TYPE_CHECKING:
     from ..data.store import ImageStore
 
 log = logging.getLogger("medcli")
-
-CHECKPOINT_FORMAT = "medcli.checkpoint/2"  # 2: head-only states and trunk_sha256 when the trunk stays frozen
 
 
 @dataclass
@@ -197,21 +203,10 @@ def train_one_epoch(model, loader, inputs, labels: torch.Tensor, optimizer, sche
     return {"train_loss": float(totals[0]) / n, "train_accuracy": float(totals[1]) / n}
 
 
-@torch.no_grad()
 def predict(model, loader, inputs, accelerator) -> np.ndarray:
-    """Logits ``(N, C)`` for every position of ``loader``, in order, gathered from all processes."""
-    model.eval()
-    device = accelerator.device
-    chunks, positions = [], []
-    for (idx,) in loader:
-        x = inputs(idx)
-        with accelerator.autocast():
-            logits = model(x)
-        idx, logits = accelerator.gather_for_metrics((idx.to(device), logits.float()))
-        positions.append(idx.cpu())
-        chunks.append(logits.cpu())
-    order = torch.cat(positions).argsort()
-    return torch.cat(chunks)[order].numpy()
+    """Logits ``(N, C)`` float32 for every position of ``loader`` (N: its dataset's length), in order, gathered
+    from all processes; eval mode, under the run's autocast (:func:`medcli.inference.infer`)."""
+    return infer(model, loader, inputs, len(loader.dataset), autocast=accelerator.autocast, gather=accelerator.gather_for_metrics).numpy()
 
 
 def val_metrics(logits: np.ndarray, y: np.ndarray) -> dict:
@@ -227,137 +222,97 @@ def val_metrics(logits: np.ndarray, y: np.ndarray) -> dict:
     }
 
 
-def _is_better(score: float, best: float | None, mode: str) -> bool:
-    return best is None or (score > best if mode == "max" else score < best)
+@dataclass
+class Run:
+    """What the epoch loop reads about one run, built once by :func:`train`."""
+
+    cfg: TrainConfig
+    accelerator: object
+    model: nn.Module
+    plan: object  # strategies.Plan
+    train_loader: object
+    val_loader: object
+    train_labels: torch.Tensor
+    val_labels: np.ndarray
+    loss_fn: nn.Module
+    checkpoint: str  # the resume checkpoint's path
+    frozen_trunk: str | None  # the trunk's hash when the plan never trains it, else None
+
+
+@dataclass
+class Feed:
+    """What runs on a batch and what it reads: ``net`` is the model itself on images, or its head alone on
+    cached trunk features (the head shares its tensors with the model, so the model always holds the trained
+    weights). ``train``/``val`` are ``inputs(positions, generator)`` functions."""
+
+    net: nn.Module
+    train: Callable
+    val: Callable
+    cache_info: dict  # recorded in the summary as ``feature_cache``
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Train one model (one dataset × backbone × strategy × seed × fold) and write its run folder.
+    """Train one model (one dataset x backbone x strategy x seed x fold) and write its run folder.
 
-    Returns the summary that is also stored in ``config.json``.
+    ``cfg`` is resolved first (:func:`medcli.training.config.resolve`: image size, weights and output folder
+    from the other settings). The dataset ``cfg.data`` is indexed, the splits file is read (or, when none is
+    given and none exists at the default place, a holdout split is made and written there) and fold
+    ``cfg.fold`` is decoded through the image store (``<cache>/store/<key>/``). Then, with the model and the
+    strategy plan built: an epoch loop of :func:`train_one_epoch` and :func:`predict` on the fold's validation
+    part, with early stopping on ``cfg.monitor`` (:class:`EarlyStopping`), on the images or, for head-only plans
+    without augmentation, on trunk features cached once in ``<cache>/features/<key>/``.
+
+    Written: the run folder ``cfg.out`` (``config.json``, ``history.csv``, ``model.pt`` with the best epoch's
+    weights, ``predictions/val.csv``, ``metrics/val.json``; see :mod:`medcli.training.outputs`) by the main
+    process. During training, after an epoch that is not the last, once ``cfg.checkpoint_every`` seconds have
+    passed since the previous one, the resume checkpoint ``<work>/…/checkpoint.pt``
+    (:mod:`medcli.training.resume`); a run started again with the same settings continues from it and retraces
+    the uninterrupted run exactly (CPU). It is deleted once the run folder is written.
+
+    Returns the summary also stored in ``config.json``: ``best_epoch`` (1-based), ``best_score``, ``monitor``,
+    ``epochs_run``, ``stopped_early``, ``train_seconds`` (including the epochs before a resume), precision and
+    device facts, normalization ``mean``/``std`` (one value per channel), ``class_weights``, ``n_train``,
+    ``n_val``, ``feature_cache`` and ``out``.
+
+    Raises :class:`MedcliError` for a missing ``--splits`` file, a fold number the splits do not have, a fold too
+    small for the number of processes, a non-finite training loss (naming epoch and step), a checkpoint without
+    best weights, and the errors of loading the dataset, the weights and the strategy plan.
     """
-    from accelerate.utils import set_seed
-
-    from ..models import create_model
-    from ..strategies import build_plan, set_train_mode
-    from .features import cache_problem, feature_inputs, fold_features, trains_head_only, trunk_fingerprint
-    from .outputs import write_outputs
-
     cfg = resolve(cfg)
     accelerator, precision = make_accelerator(cfg)
-    if not accelerator.is_main_process:
-        log.setLevel(logging.WARNING)
-    if cfg.channels_last is None:
-        cfg.channels_last = accelerator.device.type in ("cuda", "cpu")  # faster convolutions on CUDA and, with oneDNN, on CPUs
+    _configure_process(cfg, accelerator)
     fold = load_fold(cfg, accelerator)
-    n_classes = len(fold.classes)
-    set_seed(cfg.seed)
-    model = create_model(cfg.backbone, n_classes, in_channels=cfg.channels, head=cfg.head,
-                         weights=None if cfg.weights == "none" else cfg.weights, dropout=cfg.dropout, hidden=cfg.hidden, img_size=cfg.img_size)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    plan = build_plan(model, cfg.strategy, epochs=cfg.epochs, lr=cfg.lr, partial_stages=cfg.partial_stages, freeze_epochs=cfg.freeze_epochs, lr_mult=cfg.lr_mult)
+    model, plan = build_model(cfg, len(fold.classes))
     mean, std = normalization(cfg.weights != "none", model.info.mean, model.info.std, cfg.channels, fold.train)
-    norm = (torch.tensor(mean, device=accelerator.device), torch.tensor(std, device=accelerator.device))
-    weights = class_weights(fold.train.labels, n_classes) if cfg.class_weights else None
-    loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(accelerator.device), label_smoothing=cfg.label_smoothing)
-    augment = AugmentSettings(cfg.augment, cfg.hflip, cfg.rotate, cfg.zoom, cfg.shift)
-
-    # --batch-size is the global batch: N processes each take 1/N of it, so results do not depend on N.
-    per_process = max(1, min(cfg.batch_size, len(fold.train)) // accelerator.num_processes)
-    drop_last = len(fold.train) > per_process * accelerator.num_processes  # a last batch of 1 breaks BatchNorm
-    train_loader = accelerator.prepare_data_loader(index_loader(len(fold.train), per_process, seed=cfg.seed, shuffle=True, drop_last=drop_last))
-    val_loader = accelerator.prepare_data_loader(index_loader(len(fold.val), max(1, cfg.batch_size // accelerator.num_processes), seed=cfg.seed, shuffle=False, drop_last=False))
-    if len(train_loader) == 0:
-        raise MedcliError(f"fold {cfg.fold} has {len(fold.train)} training images, too few for {accelerator.num_processes} process(es)")
-    mode = MONITORS[cfg.monitor]
-    ckpt_path = paths.checkpoint_file(work_dir(cfg))
-    # A plan that never trains the trunk keeps it exactly as loaded from the weights: checkpoints then hold the head
-    # alone and the trunk's hash, which a resumed run checks against the trunk it has just rebuilt.
-    frozen_trunk = trunk_fingerprint(model.trunk) if trains_head_only(model, plan) else None
-    state = _load_checkpoint(ckpt_path, cfg, frozen_trunk) if os.path.exists(ckpt_path) else None
-    if state and frozen_trunk:
-        state["model"], state["best_state"] = _with_trunk(state["model"], model), _with_trunk(state["best_state"], model)
-    start = state["epoch"] if state else 0
+    weights = class_weights(fold.train.labels, len(fold.classes)) if cfg.class_weights else None
+    run = _prepare_run(cfg, accelerator, fold, model, plan, weights)
+    stopper = EarlyStopping(MONITORS[cfg.monitor], cfg.patience)
+    state = _resume(run, stopper)
     history: list[dict] = state["history"] if state else []
-    best_state, best_score, best_epoch, bad_epochs = (state["best_state"], state["best_score"], state["best_epoch"], state["bad_epochs"]) if state else (None, None, -1, 0)
-    if state:
-        model.load_state_dict(state["model"])
-        log.info("resuming from %s after epoch %d", ckpt_path, start)
-    problem = cache_problem(cfg, model, plan)
-    if problem is None:  # head-only training on the frozen trunk's outputs, computed once (training/features.py)
-        features = fold_features(cfg, fold, model, mean, std, norm, accelerator, precision, frozen_trunk)
-        net, cache_info = model.head, features.info
-        train_inputs = feature_inputs(features.train, accelerator.device)
-        val_inputs = feature_inputs(features.val, accelerator.device)
-    else:
-        if trains_head_only(model, plan):
-            log.info("feature cache not used: %s", problem)
-        net, cache_info = model, {"used": False, "reason": problem}
-        train_inputs = image_inputs(fold.train, norm, accelerator.device, augment=augment, channels_last=cfg.channels_last)
-        val_inputs = image_inputs(fold.val, norm, accelerator.device, channels_last=cfg.channels_last)
-    log.info("training %s/%s on %s fold %d: %d train, %d val images, %d classes, %s, %d process(es), %s%s",
-             cfg.backbone, cfg.strategy, cfg.dataset_name, cfg.fold, len(fold.train), len(fold.val), n_classes,
-             accelerator.device, accelerator.num_processes, precision, ", torch.compile" if cfg.compile else "")
+    start = state["epoch"] if state else 0
+    feed = choose_inputs(cfg, fold, model, plan, mean, std, accelerator, precision, run.frozen_trunk)
+    _log_start(cfg, fold, accelerator, precision)
 
-    prepared = optimizer = scheduler = None
-    stopped_early = False
-    t_start = last_checkpoint = time.perf_counter()
-    for epoch in range(start, cfg.epochs):
-        phase = plan.phase(epoch)
-        if prepared is None or plan.phase_changes_at(epoch):
-            plan.apply(model, epoch)
-            prepared = accelerator.prepare_model(net)  # `model` itself, or its head alone on cached features
-            if cfg.compile:  # weights stay shared with `model`: checkpoints and the best copy read `model` directly
-                prepared = torch.compile(prepared)
-            optimizer = accelerator.prepare_optimizer(build_optimizer(cfg, phase.param_groups))
-            steps = len(train_loader) * (phase.stop - phase.start)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, int(cfg.warmup_epochs * len(train_loader)), cfg.min_lr_ratio))
-            if state and epoch == start and not plan.phase_changes_at(epoch):
-                optimizer.load_state_dict(state["optimizer"])
-                scheduler.load_state_dict(state["scheduler"])
-        train_loader.set_epoch(epoch)
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout draws depend on (seed, epoch) only: resumable
-        t0 = time.perf_counter()
-        set_train_mode(model, phase)
-        with _epoch_bar(cfg, accelerator, epoch, len(train_loader)) as bar:
-            stats = train_one_epoch(prepared, train_loader, train_inputs, fold.train.labels, optimizer, scheduler, loss_fn, accelerator, epoch, cfg, bar)
-        logits = predict(prepared, val_loader, val_inputs, accelerator)
-        stats.update(val_metrics(logits, fold.val.labels.numpy()))
-        score = stats["val_loss"] if cfg.monitor == "loss" else stats[f"val_{cfg.monitor}"]
-        improved = _is_better(score, best_score, mode)
-        if improved:
-            best_score, best_epoch, bad_epochs = score, epoch, 0
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        else:
-            bad_epochs += 1
-        row = {"epoch": epoch + 1, "phase": phase.name, **stats, "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - t0}
-        history.append(row)
-        _log_epoch(row, cfg, improved)
-        last_phase_started = epoch >= plan.phases[-1].start  # two-phase: never stop before unfreezing
-        if last_phase_started and bad_epochs >= cfg.patience and epoch + 1 < cfg.epochs:
-            stopped_early = True
-            log.info("early stopping: no %s improvement for %d epochs", cfg.monitor, bad_epochs)
-        due = time.perf_counter() - last_checkpoint >= cfg.checkpoint_every  # saving a big model every short epoch costs more than a kill
-        if accelerator.is_main_process and due and not stopped_early and epoch + 1 < cfg.epochs:
-            last_checkpoint = time.perf_counter()
-            _save_checkpoint(ckpt_path, cfg, epoch + 1, model, optimizer, scheduler, best_state, best_score, best_epoch, bad_epochs, history,
-                             frozen_trunk=frozen_trunk)
-        accelerator.wait_for_everyone()
-        if stopped_early:
-            break
+    t_start = time.perf_counter()
+    stopped_early = _fit(run, feed, stopper, history, start, state)
+    val_logits = _best_predictions(run, feed, stopper)
+    seconds = time.perf_counter() - t_start + sum(r["seconds"] for r in history[:start])  # with the epochs before a resume
+    summary = _summary(cfg, accelerator, precision, fold, stopper, history, stopped_early, seconds, mean, std, weights, feed)
+    _write_run_folder(run, fold, history, val_logits, summary)
+    log.info("best epoch %d (%s %.4f); outputs in %s", stopper.best_epoch + 1, cfg.monitor, stopper.best_score, cfg.out)
+    return summary
 
-    if best_state is None:  # resumed after the last epoch's checkpoint: nothing left to train
-        raise MedcliError(f"{ckpt_path}: checkpoint has no best weights; delete it and train again")
-    model.load_state_dict(best_state)
-    val_logits = predict(accelerator.prepare_model(net), val_loader, val_inputs, accelerator)
-    summary = {
-        "best_epoch": best_epoch + 1,
-        "best_score": best_score,
+
+def _summary(cfg: TrainConfig, accelerator, precision: str, fold: Fold, stopper: EarlyStopping, history: list[dict], stopped_early: bool,
+             seconds: float, mean, std, weights, feed: Feed) -> dict:
+    """The run's summary (returned by :func:`train`, stored in ``config.json``)."""
+    return {
+        "best_epoch": stopper.best_epoch + 1,
+        "best_score": stopper.best_score,
         "monitor": cfg.monitor,
         "epochs_run": len(history),
         "stopped_early": stopped_early,
-        "train_seconds": time.perf_counter() - t_start + sum(r["seconds"] for r in history[:start]),
+        "train_seconds": seconds,
         "precision": precision,
         "channels_last": cfg.channels_last,
         "num_processes": accelerator.num_processes,
@@ -367,17 +322,182 @@ def train(cfg: TrainConfig) -> dict:
         "class_weights": None if weights is None else [float(w) for w in weights],
         "n_train": len(fold.train),
         "n_val": len(fold.val),
-        "feature_cache": cache_info,
+        "feature_cache": feed.cache_info,
         "out": cfg.out,
         "main_process": accelerator.is_main_process,
     }
-    if accelerator.is_main_process:
-        write_outputs(cfg, fold, model, history, val_logits, summary)
-        if os.path.exists(ckpt_path):
-            os.remove(ckpt_path)
-    accelerator.wait_for_everyone()
-    log.info("best epoch %d (%s %.4f); outputs in %s", best_epoch + 1, cfg.monitor, best_score, cfg.out)
-    return summary
+
+
+def _configure_process(cfg: TrainConfig, accelerator) -> None:
+    """Quiet logging on all but the main process; ``channels_last`` defaults to on for CUDA and CPU."""
+    if not accelerator.is_main_process:
+        log.setLevel(logging.WARNING)
+    if cfg.channels_last is None:
+        cfg.channels_last = accelerator.device.type in ("cuda", "cpu")  # faster convolutions on CUDA and, with oneDNN, on CPUs
+
+
+def build_model(cfg: TrainConfig, n_classes: int):
+    """``(model, plan)``: the classifier, seeded with ``cfg.seed`` before its random initialisation, and the
+    strategy's plan (phases, parameter groups, frozen modules)."""
+    from accelerate.utils import set_seed
+
+    from ..models import create_model
+    from ..strategies import build_plan
+
+    set_seed(cfg.seed)
+    model = create_model(cfg.backbone, n_classes, in_channels=cfg.channels, head=cfg.head,
+                         weights=None if cfg.weights == "none" else cfg.weights, dropout=cfg.dropout, hidden=cfg.hidden, img_size=cfg.img_size)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    plan = build_plan(model, cfg.strategy, epochs=cfg.epochs, lr=cfg.lr, partial_stages=cfg.partial_stages, freeze_epochs=cfg.freeze_epochs, lr_mult=cfg.lr_mult)
+    return model, plan
+
+
+def make_loaders(cfg: TrainConfig, fold: Fold, accelerator):
+    """``(train, val)`` loaders of positions, prepared for Accelerate.
+
+    ``--batch-size`` is the global batch: N processes each take 1/N of it, so results do not depend on N. The
+    training loader shuffles per (seed, epoch) and drops a last incomplete batch (a batch of 1 breaks
+    BatchNorm); the validation loader keeps the order and every image.
+    """
+    per_process = max(1, min(cfg.batch_size, len(fold.train)) // accelerator.num_processes)
+    drop_last = len(fold.train) > per_process * accelerator.num_processes
+    train_loader = accelerator.prepare_data_loader(index_loader(len(fold.train), per_process, seed=cfg.seed, shuffle=True, drop_last=drop_last))
+    val_loader = accelerator.prepare_data_loader(index_loader(len(fold.val), max(1, cfg.batch_size // accelerator.num_processes), seed=cfg.seed, shuffle=False, drop_last=False))
+    if len(train_loader) == 0:
+        raise MedcliError(f"fold {cfg.fold} has {len(fold.train)} training images, too few for {accelerator.num_processes} process(es)")
+    return train_loader, val_loader
+
+
+def _prepare_run(cfg: TrainConfig, accelerator, fold: Fold, model, plan, weights) -> Run:
+    """The loss (class-weighted with ``weights``), the loaders and the checkpoint path of this run."""
+    from .features import trains_head_only, trunk_fingerprint
+
+    loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(accelerator.device), label_smoothing=cfg.label_smoothing)
+    train_loader, val_loader = make_loaders(cfg, fold, accelerator)
+    # A plan that never trains the trunk keeps it exactly as loaded from the weights: checkpoints then hold the head
+    # alone and the trunk's hash, which a resumed run checks against the trunk it has just rebuilt.
+    frozen_trunk = trunk_fingerprint(model.trunk) if trains_head_only(model, plan) else None
+    return Run(cfg=cfg, accelerator=accelerator, model=model, plan=plan, train_loader=train_loader, val_loader=val_loader,
+               train_labels=fold.train.labels, val_labels=fold.val.labels.numpy(), loss_fn=loss_fn,
+               checkpoint=paths.checkpoint_file(work_dir(cfg)), frozen_trunk=frozen_trunk)
+
+
+def _resume(run: Run, stopper: EarlyStopping) -> dict | None:
+    """Load the run's checkpoint into ``run.model`` and ``stopper``; the checkpoint, or None to start afresh."""
+    state = resume_state(run.checkpoint, run.cfg, run.model, run.frozen_trunk)
+    if state:
+        stopper.load_state_dict(state)
+        run.model.load_state_dict(state["model"])
+        log.info("resuming from %s after epoch %d", run.checkpoint, state["epoch"])
+    return state
+
+
+def choose_inputs(cfg: TrainConfig, fold: Fold, model, plan, mean, std, accelerator, precision: str, frozen_trunk: str | None) -> Feed:
+    """Cached trunk features when the plan trains the head alone without augmentation (computed once, see
+    :mod:`medcli.training.features`), else the images of the store (training ones augmented per ``cfg``)."""
+    from .features import cache_problem, feature_inputs, fold_features, trains_head_only
+
+    device = accelerator.device
+    norm = (torch.tensor(mean, device=device), torch.tensor(std, device=device))
+    problem = cache_problem(cfg, model, plan)
+    if problem is None:
+        features = fold_features(cfg, fold, model, mean, std, norm, accelerator, precision, frozen_trunk)
+        return Feed(model.head, feature_inputs(features.train, device), feature_inputs(features.val, device), features.info)
+    if trains_head_only(model, plan):
+        log.info("feature cache not used: %s", problem)
+    augment = AugmentSettings(cfg.augment, cfg.hflip, cfg.rotate, cfg.zoom, cfg.shift)
+    return Feed(model, image_inputs(fold.train, norm, device, augment=augment, channels_last=cfg.channels_last),
+                image_inputs(fold.val, norm, device, channels_last=cfg.channels_last), {"used": False, "reason": problem})
+
+
+def _log_start(cfg: TrainConfig, fold: Fold, accelerator, precision: str) -> None:
+    log.info("training %s/%s on %s fold %d: %d train, %d val images, %d classes, %s, %d process(es), %s%s",
+             cfg.backbone, cfg.strategy, cfg.dataset_name, cfg.fold, len(fold.train), len(fold.val), len(fold.classes),
+             accelerator.device, accelerator.num_processes, precision, ", torch.compile" if cfg.compile else "")
+
+
+def _fit(run: Run, feed: Feed, stopper: EarlyStopping, history: list[dict], start: int, state: dict | None) -> bool:
+    """Epochs ``start .. cfg.epochs - 1`` (fewer when stopping early), appending to ``history``; a new optimizer
+    and scheduler at each phase of the plan (restored from ``state`` when resuming inside a phase), a checkpoint
+    when due. Returns whether it stopped early."""
+    cfg, accelerator, plan = run.cfg, run.accelerator, run.plan
+    prepared = optimizer = scheduler = None
+    last_checkpoint = time.perf_counter()
+    for epoch in range(start, cfg.epochs):
+        phase = plan.phase(epoch)
+        if prepared is None or plan.phase_changes_at(epoch):
+            prepared, optimizer, scheduler = _start_phase(run, feed.net, epoch)
+            if state and epoch == start and not plan.phase_changes_at(epoch):
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+        row, improved = _one_epoch(run, feed, prepared, optimizer, scheduler, stopper, epoch)
+        history.append(row)
+        _log_epoch(row, cfg, improved)
+        stop = stopper.should_stop(epoch, last_phase_start=plan.phases[-1].start, epochs=cfg.epochs)
+        if stop:
+            log.info("early stopping: no %s improvement for %d epochs", cfg.monitor, stopper.bad_epochs)
+        due = time.perf_counter() - last_checkpoint >= cfg.checkpoint_every  # saving a big model every short epoch costs more than a kill
+        if accelerator.is_main_process and due and not stop and epoch + 1 < cfg.epochs:
+            last_checkpoint = time.perf_counter()
+            save_checkpoint(run.checkpoint, cfg, epoch + 1, run.model, optimizer, scheduler, stopper, history, frozen_trunk=run.frozen_trunk)
+        accelerator.wait_for_everyone()
+        if stop:
+            return True
+    return False
+
+
+def _start_phase(run: Run, net: nn.Module, epoch: int):
+    """``(prepared net, optimizer, scheduler)`` for the plan's phase starting at (or containing) ``epoch``:
+    trainable parameters set, warm-up + cosine over the phase's steps."""
+    cfg, accelerator = run.cfg, run.accelerator
+    phase = run.plan.phase(epoch)
+    run.plan.apply(run.model, epoch)
+    prepared = accelerator.prepare_model(net)  # `model` itself, or its head alone on cached features
+    if cfg.compile:  # weights stay shared with `model`: checkpoints and the best copy read `model` directly
+        prepared = torch.compile(prepared)
+    optimizer = accelerator.prepare_optimizer(build_optimizer(cfg, phase.param_groups))
+    steps_per_epoch = len(run.train_loader)
+    factor = warmup_cosine(steps_per_epoch * (phase.stop - phase.start), int(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr_ratio)
+    return prepared, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _one_epoch(run: Run, feed: Feed, prepared, optimizer, scheduler, stopper: EarlyStopping, epoch: int) -> tuple[dict, bool]:
+    """Train one epoch, score the validation part, update ``stopper``; ``(history row, improved)``."""
+    from ..strategies import set_train_mode
+
+    cfg, accelerator = run.cfg, run.accelerator
+    phase = run.plan.phase(epoch)
+    run.train_loader.set_epoch(epoch)
+    torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout draws depend on (seed, epoch) only: resumable
+    t0 = time.perf_counter()
+    set_train_mode(run.model, phase)
+    with _epoch_bar(cfg, accelerator, epoch, len(run.train_loader)) as bar:
+        stats = train_one_epoch(prepared, run.train_loader, feed.train, run.train_labels, optimizer, scheduler, run.loss_fn, accelerator, epoch, cfg, bar)
+    stats.update(val_metrics(predict(prepared, run.val_loader, feed.val, accelerator), run.val_labels))
+    score = stats["val_loss"] if cfg.monitor == "loss" else stats[f"val_{cfg.monitor}"]
+    improved = stopper.update(score, epoch, run.model)
+    row = {"epoch": epoch + 1, "phase": phase.name, **stats, "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - t0}
+    return row, improved
+
+
+def _best_predictions(run: Run, feed: Feed, stopper: EarlyStopping) -> np.ndarray:
+    """Load the best epoch's weights into the model; its validation logits ``(n_val, C)``."""
+    if stopper.best_state is None:  # resumed after the last epoch's checkpoint: nothing left to train
+        raise MedcliError(f"{run.checkpoint}: checkpoint has no best weights; delete it and train again")
+    run.model.load_state_dict(stopper.best_state)
+    return predict(run.accelerator.prepare_model(feed.net), run.val_loader, feed.val, run.accelerator)
+
+
+def _write_run_folder(run: Run, fold: Fold, history: list[dict], val_logits: np.ndarray, summary: dict) -> None:
+    """The main process writes the run folder, then deletes the resume checkpoint."""
+    from .outputs import write_outputs
+
+    if run.accelerator.is_main_process:
+        write_outputs(run.cfg, fold, run.model, history, val_logits, summary)
+        if os.path.exists(run.checkpoint):
+            os.remove(run.checkpoint)
+    run.accelerator.wait_for_everyone()
 
 
 def _epoch_bar(cfg: TrainConfig, accelerator, epoch: int, steps: int):
@@ -416,55 +536,3 @@ def _log_epoch(row: dict, cfg: TrainConfig, improved: bool) -> None:
     )
 
 
-def _save_checkpoint(path: str, cfg: TrainConfig, epoch: int, model, optimizer, scheduler, best_state, best_score, best_epoch, bad_epochs, history,
-                     *, frozen_trunk: str | None = None) -> None:
-    """Write the resume state; with ``frozen_trunk`` (the trunk's hash) the trunk's tensors are left out."""
-    from .._io import atomic_path
-
-    model_state = model.state_dict()
-    if frozen_trunk:  # a frozen trunk equals the loaded weights: rewriting it every epoch would only cost time
-        model_state, best_state = _head_part(model_state), _head_part(best_state)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "key": cfg.key(),
-        "epoch": epoch,
-        "model": model_state,
-        "trunk_sha256": frozen_trunk,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "best_state": best_state,
-        "best_score": best_score,
-        "best_epoch": best_epoch,
-        "bad_epochs": bad_epochs,
-        "history": history,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def _load_checkpoint(path: str, cfg: TrainConfig, frozen_trunk: str | None = None) -> dict | None:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a damaged checkpoint only costs the time to redo it
-        log.warning("ignoring unreadable checkpoint %s (%s); starting over", path, exc)
-        return None
-    if state.get("format") != CHECKPOINT_FORMAT or state.get("key") != cfg.key():
-        log.info("checkpoint %s belongs to different settings; starting over", path)
-        return None
-    if state.get("trunk_sha256") != frozen_trunk:
-        log.info("checkpoint %s was saved with other trunk weights; starting over", path)
-        return None
-    return state
-
-
-def _head_part(state: dict | None) -> dict | None:
-    return None if state is None else {k: v for k, v in state.items() if not k.startswith("trunk.")}
-
-
-def _with_trunk(head_state: dict | None, model) -> dict | None:
-    """A head-only state completed with ``model``'s trunk tensors (copies, on the CPU)."""
-    if head_state is None:
-        return None
-    full = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k.startswith("trunk.")}
-    full.update(head_state)
-    return full

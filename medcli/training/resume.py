@@ -1,0 +1,92 @@
+"""Resume state: the checkpoint a killed run restarts from (``work/…/checkpoint.pt``, see :mod:`medcli.paths`).
+
+A checkpoint (:data:`CHECKPOINT_FORMAT`) is a ``torch.save`` dict with the keys ``format``, ``key`` (the
+settings' :meth:`TrainConfig.key`), ``epoch`` (epochs done), ``model``, ``trunk_sha256``, ``optimizer``,
+``scheduler``, ``best_state``, ``best_score``, ``best_epoch``, ``bad_epochs`` and ``history`` (the rows of
+``history.csv`` so far). It is written atomically, so it is complete or absent.
+
+When the plan never trains the trunk, the trunk stays exactly as loaded from the weights: ``model`` and
+``best_state`` then hold the head's tensors alone and ``trunk_sha256`` the trunk's hash
+(:func:`medcli.training.features.trunk_fingerprint`); :func:`resume_state` completes them with the trunk of
+the model it has just rebuilt, after checking the hash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from .config import TrainConfig
+from .early_stopping import EarlyStopping
+
+log = logging.getLogger("medcli")
+
+CHECKPOINT_FORMAT = "medcli.checkpoint/2"  # 2: head-only states and trunk_sha256 when the trunk stays frozen
+
+
+def save_checkpoint(path: str, cfg: TrainConfig, epoch: int, model, optimizer, scheduler, stopper: EarlyStopping, history: list[dict],
+                    *, frozen_trunk: str | None = None) -> None:
+    """Write the resume state after ``epoch`` epochs to ``path``; with ``frozen_trunk`` (the trunk's hash) the
+    trunk's tensors are left out of ``model`` and ``best_state``."""
+    from .._io import atomic_path
+
+    tracked = stopper.state_dict()
+    model_state, best_state = model.state_dict(), tracked["best_state"]
+    if frozen_trunk:  # a frozen trunk equals the loaded weights: rewriting it every epoch would only cost time
+        model_state, best_state = head_part(model_state), head_part(best_state)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "key": cfg.key(),
+        "epoch": epoch,
+        "model": model_state,
+        "trunk_sha256": frozen_trunk,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        **tracked,
+        "best_state": best_state,
+        "history": history,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str, cfg: TrainConfig, frozen_trunk: str | None = None) -> dict | None:
+    """The checkpoint at ``path`` as saved, or None (with a log line saying why) when it is unreadable, has
+    another format, belongs to other settings or was saved with another frozen trunk: the run starts over."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged checkpoint only costs the time to redo it
+        log.warning("ignoring unreadable checkpoint %s (%s); starting over", path, exc)
+        return None
+    if state.get("format") != CHECKPOINT_FORMAT or state.get("key") != cfg.key():
+        log.info("checkpoint %s belongs to different settings; starting over", path)
+        return None
+    if state.get("trunk_sha256") != frozen_trunk:
+        log.info("checkpoint %s was saved with other trunk weights; starting over", path)
+        return None
+    return state
+
+
+def resume_state(path: str, cfg: TrainConfig, model, frozen_trunk: str | None = None) -> dict | None:
+    """:func:`load_checkpoint` when ``path`` exists, with head-only states completed with ``model``'s trunk;
+    None when there is nothing to resume."""
+    state = load_checkpoint(path, cfg, frozen_trunk) if os.path.exists(path) else None
+    if state and frozen_trunk:
+        state["model"], state["best_state"] = with_trunk(state["model"], model), with_trunk(state["best_state"], model)
+    return state
+
+
+def head_part(state: dict | None) -> dict | None:
+    """``state`` without the trunk's tensors (keys ``trunk.*``)."""
+    return None if state is None else {k: v for k, v in state.items() if not k.startswith("trunk.")}
+
+
+def with_trunk(head_state: dict | None, model) -> dict | None:
+    """A head-only state completed with ``model``'s trunk tensors (copies, on the CPU)."""
+    if head_state is None:
+        return None
+    full = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k.startswith("trunk.")}
+    full.update(head_state)
+    return full
