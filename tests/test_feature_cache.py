@@ -20,6 +20,7 @@ from medcli.models import create_model, load_model
 from medcli.strategies import build_plan, list_strategies
 from medcli.training import features as features_mod
 from medcli.training import loop as loop_mod
+from medcli.training import resume as resume_mod
 from medcli.training import resolve, train
 from medcli.training.batches import to_model_input
 
@@ -190,7 +191,7 @@ def test_only_plans_that_train_the_head_alone_can_use_the_cache(strategy):
 
 def test_killed_cached_run_resumes_to_the_same_result(dataset, tmp_path, weights, monkeypatch):  # noqa: F811
     whole = train(_linear(dataset, tmp_path / "whole", weights, epochs=2, head="mlp", hidden=16))
-    real_save = loop_mod._save_checkpoint
+    real_save = loop_mod.save_checkpoint
 
     def save_then_die(path, cfg, epoch, *args, **kwargs):
         real_save(path, cfg, epoch, *args, **kwargs)
@@ -198,7 +199,7 @@ def test_killed_cached_run_resumes_to_the_same_result(dataset, tmp_path, weights
             raise KeyboardInterrupt  # killed right after epoch 1's checkpoint
 
     cfg = _linear(dataset, tmp_path / "killed", weights, epochs=2, head="mlp", hidden=16, checkpoint_every=0)
-    monkeypatch.setattr(loop_mod, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(loop_mod, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
     # The frozen trunk is not rewritten every epoch: the checkpoint holds the head and the trunk's hash.
@@ -207,8 +208,8 @@ def test_killed_cached_run_resumes_to_the_same_result(dataset, tmp_path, weights
     state = torch.load(ckpt, weights_only=True)
     assert state["model"] and not any(k.startswith("trunk.") for k in (*state["model"], *state["best_state"]))
     assert state["trunk_sha256"] == features_mod.trunk_fingerprint(create_model("resnet18", 3, in_channels=1, weights=weights).trunk)
-    assert loop_mod._load_checkpoint(ckpt, resolved, "other weights") is None  # another trunk: start over
-    monkeypatch.setattr(loop_mod, "_save_checkpoint", real_save)
+    assert resume_mod.load_checkpoint(ckpt, resolved, "other weights") is None  # another trunk: start over
+    monkeypatch.setattr(loop_mod, "save_checkpoint", real_save)
     resumed = train(cfg)
     assert resumed["feature_cache"]["used"] and not resumed["feature_cache"]["built"]
     assert _history(resumed["out"]) == _history(whole["out"])
