@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,16 +50,46 @@ def read_json(path: str | os.PathLike) -> Any:
         raise MedcliError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); regenerate it") from None
 
 
-def publish_dir(tmp: str | os.PathLike, final: str | os.PathLike, marker: str) -> None:
+def staging_dir(final: str | os.PathLike) -> Path:
+    """A private sibling of ``final`` to build it in: ``.<name>.tmp-<pid>`` (removed first if left over)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+def publish_dir(tmp: str | os.PathLike, final: str | os.PathLike, marker: str | None = None, *, replace: bool = False) -> None:
     """Rename a completely written folder ``tmp`` into place as ``final``.
 
-    ``marker`` is the file written last inside it; if another process published ``final`` first (the rename
-    fails and ``final/marker`` exists), its folder is kept and ours is left for the caller to delete.
+    Two cases, one function:
+
+    * ``replace=False`` (caches: the image store, the feature cache): ``final`` is content-addressed, so an
+      existing one is as good as ours. ``marker`` is the file written last inside it; if another process
+      published ``final`` first (the rename fails and ``final/marker`` exists), its folder is kept and ours is
+      left for the caller to delete. Any other failure raises ``OSError``.
+    * ``replace=True`` (outputs that a rerun replaces, e.g. a run's ``gradcam/<split>/``): an existing
+      ``final`` is renamed aside (``.<name>.old-<pid>``), ``tmp`` renamed in, and the old folder removed; if
+      the rename fails the old folder is put back and the ``OSError`` raised. ``final`` never holds a mix of
+      the two.
     """
+    final = Path(final)
+    if replace:
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        if final.exists():
+            os.rename(final, old)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if old.exists() and not final.exists():
+                os.rename(old, final)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+        return
     try:
         os.rename(tmp, final)
     except OSError:
-        if not (Path(final) / marker).exists():
+        if marker is None or not (final / marker).exists():
             raise
 
 

@@ -206,25 +206,37 @@ def fold_ensemble(test_probs: list[np.ndarray]) -> np.ndarray:
 
 
 def member_configs(results, dataset: str, seed: int) -> list[str]:
-    """Configurations (``backbone__strategy``) of ``dataset`` with at least one run of ``seed``."""
+    """Configurations (``backbone__strategy``) of ``dataset`` with at least one fold run of ``seed``, sorted."""
     import glob
-    import os
 
     from . import paths
 
-    pattern = os.path.join(glob.escape(os.path.join(str(results), dataset, "runs")), "*", f"seed-{seed}")
-    return sorted(os.path.basename(os.path.dirname(p)) for p in glob.glob(pattern))
+    pattern = paths.run_dir(glob.escape(str(results)), glob.escape(dataset), "*", "*", seed, "*")
+    configs = set()
+    for folder in glob.glob(pattern):
+        try:
+            key = paths.parse_run_dir(folder)
+        except ValueError:
+            continue
+        configs.add(paths.run_name(key.backbone, key.strategy))
+    return sorted(configs)
 
 
 def load_member(results, dataset: str, config: str, seed: int, n_folds: int, classes: list[str]):
-    """OOF frame (id → label, probs) from the K fold runs' val predictions, and the fold-ensemble test frame."""
+    """One member's predictions, from its K fold runs (read by :func:`medcli.runs.read_predictions`).
+
+    Returns ``(oof, test)``: ``oof`` indexed by image id with ``path``, ``label`` and ``prob_<class>`` columns (the
+    val predictions of every fold, each development image once); ``test`` likewise for the test set, with the
+    fold models' probabilities averaged (:func:`fold_ensemble`). Raises :class:`MedcliError` when a fold's
+    predictions are missing or unreadable, or an image is in two validation folds.
+    """
     import os
 
     import pandas as pd
 
-    from . import paths
+    from . import paths, runs
 
-    backbone, strategy = config.split("__", 1)
+    backbone, strategy = paths.parse_run_name(config)
     cols = [f"prob_{c}" for c in classes]
     oof, tests = [], []
     for fold in range(n_folds):
@@ -232,8 +244,8 @@ def load_member(results, dataset: str, config: str, seed: int, n_folds: int, cla
         val_path, test_path = paths.predictions_file(run, "val"), paths.predictions_file(run, "test")
         if not os.path.exists(val_path) or not os.path.exists(test_path):
             raise MedcliError(f"{run}: missing predictions (train and `medcli eval` every fold of {config} seed {seed} first)")
-        oof.append(pd.read_csv(val_path, dtype={"id": str, "label": str}).set_index("id"))
-        tests.append(pd.read_csv(test_path, dtype={"id": str, "label": str}).set_index("id").sort_index())
+        oof.append(runs.read_predictions(val_path, classes).set_index("id"))
+        tests.append(runs.read_predictions(test_path, classes).set_index("id").sort_index())
     oof_frame = pd.concat(oof).sort_index()
     if oof_frame.index.duplicated().any():
         raise MedcliError(f"{config} seed {seed}: an image is in two validation folds; the splits are broken")
@@ -244,15 +256,32 @@ def load_member(results, dataset: str, config: str, seed: int, n_folds: int, cla
 
 def build_ensemble(results, dataset: str, members: list[str], method: str, seed: int, *, name: str = "ensemble",
                    n_bootstrap: int = 1000) -> dict:
-    """Fit ``method`` on the members' OOF predictions, score it on the test set, write it like a run."""
-    import json
-    import os
+    """Fit ``method`` on the members' out-of-fold predictions, score it once on the test set, write it like a run.
 
-    from . import paths
+    Args:
+        results: the results folder (``<dataset>/runs/<backbone>__<strategy>/seed-<s>/fold-<k>/``).
+        dataset: the dataset's name in the results layout; its ``splits.json`` gives the classes and the folds.
+        members: configurations ``<backbone>__<strategy>``; every fold run of each needs ``predictions/val.csv``
+            (``medcli train``) and ``predictions/test.csv`` (``medcli eval``).
+        method: one of :data:`METHODS`.
+        seed: the seed whose runs are combined (also seeds the stacker's inner CV and the bootstrap).
+        name: the ensemble's name (folder ``ensembles/<name>__<method>/seed-<s>/``).
+        n_bootstrap: bootstrap resamples for the test intervals (0: none).
+
+    Only images present in every member are used (N_oof development images, N_test test images).
+
+    Writes, in :func:`medcli.paths.ensemble_dir`: ``predictions/{val,test}.csv`` (val: the cross-fitted OOF
+    predictions; logits are log-probabilities, fold ``-1``), ``metrics/{val,test}.json`` (``medcli.metrics/1``,
+    non-finite values null; intervals on test only) and ``ensemble.json`` (``medcli.ensemble/1``: members, weights,
+    selection, OOF log-loss and balanced accuracy of the ensemble and each member).
+
+    Returns the ``ensemble.json`` document. Raises :class:`MedcliError` for an unknown method, a missing
+    ``splits.json`` or member predictions, or members that disagree on the images.
+    """
+    from . import paths, runs
     from ._io import read_json, write_json
     from .evaluation.bootstrap import bootstrap_ci, headline_metric_fns
     from .evaluation.metrics import compute_metrics
-    from .training.outputs import versions, write_predictions
 
     get_method(method)
     splits = read_json(paths.splits_file(results, dataset))
@@ -273,15 +302,15 @@ def build_ensemble(results, dataset: str, members: list[str], method: str, seed:
     out = paths.ensemble_dir(results, dataset, name, method, seed)
     for split, ids, y, probs, frame in (("val", oof_ids, y_oof, oof_probs, first_oof), ("test", test_ids, y_test, test_probs, first_test)):
         logits = np.log(np.clip(probs, _EPS, 1.0))
-        write_predictions(paths.predictions_file(out, split), ids, list(frame.loc[ids, "path"]), y, logits, classes,
-                          fold=-1, seed=seed, split=split, probs=probs)
+        runs.write_predictions(paths.predictions_file(out, split), ids, list(frame.loc[ids, "path"]), y, logits, classes,
+                               fold=-1, seed=seed, split=split, probs=probs)
         metrics = compute_metrics(y, probs, classes)
         ci = bootstrap_ci(y, probs, headline_metric_fns(classes), n_resamples=n_bootstrap, seed=seed) if split == "test" and n_bootstrap else {}
-        doc = {"format": "medcli.metrics/1", "run": {"dataset_name": dataset, "backbone": name, "strategy": method, "seed": seed, "fold": None},
+        doc = {"format": runs.METRICS_FORMAT, "run": {"dataset_name": dataset, "backbone": name, "strategy": method, "seed": seed, "fold": None},
                "split": split, "n": len(y), "classes": classes, "tta": False, "metrics": metrics, "threshold": None,
-               "calibration": None, "ci": ci, "external": None, "versions": versions(),
+               "calibration": None, "ci": ci, "external": None, "versions": runs.versions(),
                "note": "val = out-of-fold predictions; fitted methods are cross-fitted (5-fold) on them" if split == "val" else None}
-        write_json(paths.metrics_file(out, split), json.loads(json.dumps(doc, default=float).replace("NaN", "null")))
+        runs.write_metrics(paths.metrics_file(out, split), doc)
 
     member_scores = {m.name: {"balanced_accuracy": compute_metrics(y_oof, m.oof, classes)["balanced_accuracy"], "log_loss": log_loss(y_oof, m.oof)} for m in member_list}
     best = max(member_scores, key=lambda k: member_scores[k]["balanced_accuracy"])
@@ -292,5 +321,5 @@ def build_ensemble(results, dataset: str, members: list[str], method: str, seed:
                "members": fitted.members, "weights": fitted.weights, "selected": fitted.selected, "details": fitted.details,
                "fitted_on": "out-of-fold validation predictions", "n_oof": len(oof_ids), "n_test": len(test_ids),
                "oof": {"ensemble": ens_oof, "members": member_scores, "best_member": best}, "statement": line}
-    write_json(paths.ensemble_file(out), json.loads(json.dumps(summary, default=float)))
+    write_json(paths.ensemble_file(out), runs.json_safe(summary))
     return summary

@@ -155,7 +155,7 @@ def dataset_args(config: dict, dataset: str) -> str:
 def dataset_path(config: dict, dataset: str) -> str:
     """Where a dataset lives: its ``path``, or the folder its ``synth`` section is generated into."""
     if dataset == PRETRAIN_DATASET or config["datasets"][dataset].get("synth"):
-        return os.path.join(config.get("work", paths.DEFAULT_WORK), "data", dataset)
+        return paths.synth_data_dir(config.get("work", paths.DEFAULT_WORK), dataset)
     return str(config["datasets"][dataset]["path"])
 
 

@@ -66,3 +66,15 @@ def test_version_and_help():
     assert runner.invoke(app, ["--version"]).output.startswith("medcli ")
     res = runner.invoke(app, ["--help"])
     assert res.exit_code == 0 and "split" in res.output and "data" in res.output
+
+
+def test_split_writes_where_train_reads_by_default(tmp_path, monkeypatch):
+    from medcli import paths
+
+    root = make_synthetic(tmp_path / "my data #1", layout="presplit", per_class=10, size=32)
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["split", str(root), "--folds", "2", "--cache-dir", str(tmp_path / "cache")])
+    assert res.exit_code == 0, res.output
+    expected = tmp_path / paths.splits_file(paths.DEFAULT_RESULTS, "my data #1")
+    assert json.loads(expected.read_text())["format"] == "medcli.splits/1"
+    assert not (tmp_path / "splits.json").exists()

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from .. import paths
 from . import _options as opt
 from ._app import app
 
@@ -14,7 +15,7 @@ from ._app import app
 @app.command("split")
 def split_cli(
     data: Path = opt.DataArg,
-    out: Path = typer.Option(Path("splits.json"), "--out", "-o", help="Where to write the splits."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help=f"Where to write the splits (default: {paths.splits_file(paths.DEFAULT_RESULTS, '<dataset>')}, as `medcli train` reads them; <dataset> is the folder name or the manifest's file stem).", show_default=False),
     folds: int = typer.Option(5, "--folds", "-k", help="Cross-validation folds over train+val; 0 keeps the dataset's own train/val split."),
     seed: int = typer.Option(0, "--seed"),
     test_fraction: float = typer.Option(0.2, "--test-fraction", help="Held-out test share when the dataset has no test split."),
@@ -31,6 +32,8 @@ def split_cli(
     from ..splits import split_data, summarize
 
     opt.setup()
+    if out is None:
+        out = Path(paths.splits_file(paths.DEFAULT_RESULTS, paths.dataset_name(data)))
     doc = split_data(
         data, out, layout=layout, aliases=opt.aliases(alias), folds=folds, seed=seed, test_fraction=test_fraction,
         val_fraction=val_fraction, drop_test_duplicates=drop_test_duplicates, skip_bad=skip_bad,

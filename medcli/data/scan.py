@@ -94,7 +94,9 @@ def _scan_chunk(samples: Sequence[Sample]) -> list[ScanRecord]:
 
 def _cache_file(cache_dir: Path, dataset: Dataset) -> Path:
     key = hashlib.sha256(str(dataset.root).encode()).hexdigest()[:16]
-    return cache_dir / "scan" / f"{key}.json"
+    from ..paths import scan_cache_file
+
+    return Path(scan_cache_file(cache_dir, key))
 
 
 def scan_dataset(dataset: Dataset, cache_dir: str | os.PathLike | None = None, workers: int | None = None) -> dict[str, ScanRecord]:

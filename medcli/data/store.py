@@ -121,13 +121,12 @@ def materialize(
         MedcliError: invalid settings (:meth:`StoreSettings.validate`), an image that cannot be decoded (naming
             the file), an unreadable existing store.
     """
-    from ..paths import default_cache_dir
+    from ..paths import default_cache_dir, store_dir
 
     settings.validate()
     samples = dataset.samples
     key = store_key(samples, settings)
-    root = (Path(cache_dir) if cache_dir else default_cache_dir()) / "store"
-    final = root / key
+    final = Path(store_dir(Path(cache_dir) if cache_dir else default_cache_dir(), key))
     if not (final / "meta.json").exists():
         _build(final, samples, settings, workers)
     return open_store(final)

@@ -6,91 +6,70 @@
   predictions (``predictions/val.csv``) only and applied unchanged to test and external data.
 * Headline test metrics get stratified, seeded bootstrap 95 % intervals.
 
-Outputs (paths from :mod:`medcli.paths`): ``predictions/<split>.csv``, ``predictions/<split>.calibrated.csv``,
-``metrics/<split>.json`` (``medcli.metrics/1``) and figures; external datasets go to ``external/<name>/``.
+Outputs (paths from :mod:`medcli.paths`, files written by :mod:`medcli.runs`): ``predictions/<split>.csv``,
+``predictions/<split>.calibrated.csv``, ``metrics/<split>.json`` (``medcli.metrics/1``) and figures; external
+datasets go to ``external/<name>/``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
-from .. import paths
-from .._io import read_json, write_json
+from .. import paths, runs
 from ..errors import MedcliError
+from ..runs import METRICS_FORMAT  # noqa: F401  (re-exported)
 from .bootstrap import bootstrap_ci, headline_metric_fns
 from .calibration import apply_temperature, expected_calibration_error, fit_temperature, softmax, temperature_nll
 from .metrics import compute_metrics, youden_threshold
 
 log = logging.getLogger("medcli")
-METRICS_FORMAT = "medcli.metrics/1"
 SPLITS = ("val", "test", "all")
 
 
-def read_predictions(path: str | os.PathLike, classes: list[str]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """``(frame, labels as class indices, logits)`` from a predictions CSV."""
-    try:
-        frame = pd.read_csv(path, dtype={"id": str, "label": str, "pred": str})
-    except FileNotFoundError:
-        raise MedcliError(f"{path}: not found; re-run `medcli train` for this run") from None
-    index = {c: k for k, c in enumerate(classes)}
-    y = frame["label"].map(index).to_numpy()
-    logits = frame[[f"logit_{c}" for c in classes]].to_numpy(dtype=np.float64)
-    return frame, y, logits
-
-
-def _load_run(run_dir: str | os.PathLike):
-    from ..models import load_model
-
-    run = Path(run_dir)
-    if not (run / paths.CONFIG_FILE).is_file() or not (run / paths.MODEL_FILE).is_file():
-        raise MedcliError(f"{run}: not a run folder (needs config.json and model.pt from `medcli train`)")
-    doc = read_json(paths.config_file(run))
-    model, _ = load_model(paths.model_file(run))
-    return run, doc, model
+def read_predictions(path: str | os.PathLike, classes: list[str]) -> tuple["pd.DataFrame", np.ndarray, np.ndarray]:
+    """``(frame, labels as (N,) class indices, (N, C) logits)`` from a predictions CSV (see :func:`medcli.runs.read_predictions`)."""
+    frame = runs.read_predictions(path, classes, need_logits=True)
+    return frame, runs.label_indices(frame, classes), runs.logits(frame, classes)
 
 
 @torch.no_grad()
+@torch.no_grad()
 def predict_logits(model, images: np.ndarray, rows: np.ndarray, mean, std, *, tta: bool = False, batch_size: int = 64) -> np.ndarray:
-    """Logits for ``images[rows]`` (uint8, N×H×W×C); with ``tta`` the log of the averaged flipped/unflipped softmax."""
-    from ..training.batches import to_model_input
+    """Logits ``(len(rows), C)`` float32 for ``images[rows]`` (a store's N×H×W×C uint8 array), in ``rows`` order.
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    With ``tta`` the log of the averaged flipped/unflipped softmax. Eval mode, ``batch_size`` images per batch,
+    bf16 autocast on GPUs that support it; the loop is :func:`medcli.inference.infer`, shared with training.
+    """
+    from ..inference import infer, row_batches, store_pixels
+    from ..preprocess import to_model_input
+
+    device = runs.inference_device()
     model = model.to(device).eval()
+    if len(rows) == 0:
+        return np.zeros((0, model.config["num_classes"]))
     m, s = torch.tensor(mean, device=device), torch.tensor(std, device=device)
-    out = []
-    for start in range(0, len(rows), batch_size):
-        chunk = np.sort(rows[start : start + batch_size])
-        order = np.argsort(np.argsort(rows[start : start + batch_size]))
-        pixels = torch.from_numpy(np.ascontiguousarray(images[chunk])).permute(0, 3, 1, 2).to(device)
-        x = to_model_input(pixels, m, s)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and torch.cuda.is_bf16_supported()):
-            logits = model(x).float()
-            if tta:
-                flipped = model(torch.flip(x, dims=[3])).float()
-                # log of the mean of the two softmaxes, in log space: a saturated softmax never gives log(0)
-                both = torch.stack([torch.log_softmax(logits, 1), torch.log_softmax(flipped, 1)])
-                logits = torch.logsumexp(both, 0) - math.log(2)
-        out.append(logits.cpu().numpy()[order])
-    n_classes = model.config["num_classes"]
-    return np.concatenate(out) if out else np.zeros((0, n_classes))
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+    def inputs(positions: torch.Tensor) -> torch.Tensor:
+        return to_model_input(store_pixels(images, rows[positions.numpy()], device), m, s)
+
+    return infer(model, row_batches(rows, batch_size), inputs, len(rows), tta=tta,
+                 autocast=lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)).numpy()
 
 
-def _store_for(dataset, doc: dict, sample_ids: set[str] | None, cache_dir, workers):
-    from ..data.store import StoreSettings, materialize
+def _store_for(dataset, run: runs.Run, sample_ids: set[str] | None):
+    from ..data.store import materialize
 
-    pre = doc["preprocess"]
     if sample_ids is not None:
         dataset.samples = [s for s in dataset.samples if s.id in sample_ids]
-    settings = StoreSettings(img_size=pre["img_size"], channels=pre["channels"], resize=pre["resize"], interpolation=pre["interpolation"])
-    return materialize(dataset, settings, cache_dir, workers)
+    return materialize(dataset, run.store_settings(), run.config.get("cache_dir"), run.config.get("workers"))
 
 
 def _run_splits(doc: dict, dataset) -> dict:
@@ -118,6 +97,55 @@ def _external_name(name: str | None, data: str | os.PathLike) -> str:
     return ext_name
 
 
+class _OwnData:
+    """The run's own dataset, splits and image store, loaded once and only when needed."""
+
+    def __init__(self, run: runs.Run) -> None:
+        self.run = run
+
+    @cached_property
+    def _loaded(self) -> tuple[dict, dict, object]:
+        from ..data import load_dataset
+
+        cfg = self.run.config
+        dataset = load_dataset(cfg["data"], cfg.get("layout", "auto"), cfg.get("aliases"))
+        splits_doc = _run_splits(self.run.doc, dataset)
+        paths_by_id = {s.id: s.path for s in dataset.samples}
+        return splits_doc, paths_by_id, _store_for(dataset, self.run, set(splits_doc["labels"]))
+
+    @property
+    def splits(self) -> dict:
+        return self._loaded[0]
+
+    @property
+    def paths(self) -> dict[str, str]:
+        return self._loaded[1]
+
+    @property
+    def store(self):
+        return self._loaded[2]
+
+
+@dataclass(frozen=True)
+class _Scoring:
+    """What every scored split shares: the run, the post-hoc fits from validation, and the output options."""
+
+    run: runs.Run
+    temperature: float
+    threshold: float | None
+    tta: bool
+    n_bootstrap: int
+    seed: int
+    figures: bool
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    predictions: str
+    metrics: str
+    figures: str
+
+
 def evaluate_run(
     run_dir: str | os.PathLike,
     *,
@@ -131,147 +159,168 @@ def evaluate_run(
     seed: int = 0,
     figures: bool = True,
 ) -> dict[str, dict]:
-    """Evaluate a run; returns ``{split: metrics document}`` (also written to the run folder)."""
-    from ..data import load_dataset, require_readable, scan_dataset
+    """Score a trained run on its validation fold, its test set, or an external dataset.
 
+    Args:
+        run_dir: a run folder written by ``medcli train`` (``config.json``, ``model.pt``, ``predictions/val.csv``).
+        split: ``test`` (the splits file's test set), ``val`` (the run's validation fold, from its training
+            predictions) or ``all`` (both). Ignored when ``data`` is given.
+        tta: average the softmax of each image and its horizontal flip (the validation scores the temperature and
+            threshold are fitted on are then recomputed with TTA as well).
+        data: an external dataset (any layout) to score instead; its classes are matched to the run's.
+        name: the external dataset's folder name below ``external/`` (default: the dataset's folder name).
+        aliases: ``{raw class name: run class}`` applied to the external dataset before matching.
+        skip_bad: leave unreadable external images out instead of stopping.
+        n_bootstrap: bootstrap resamples for the 95 % intervals of the headline metrics (0: none).
+        seed: seed of the bootstrap.
+        figures: also draw the confusion, ROC, PR and reliability figures (and the learning curves).
+
+    Returns ``{split or external name: metrics document}`` (format ``medcli.metrics/1``, as written).
+
+    Writes, per scored split (paths from :mod:`medcli.paths`): ``predictions/<split>.csv`` (N rows),
+    ``predictions/<split>.calibrated.csv`` (temperature-scaled), ``metrics/<split>.json`` and
+    ``figures/{confusion,roc,pr,reliability}_<split>.png`` plus ``figures/learning_curves.png``; for ``data``,
+    the same below ``external/<name>/`` (``predictions.csv``, ``metrics.json``, ``<figure>_external.png``).
+    The temperature and (binary tasks) the Youden threshold are fitted on validation predictions only.
+
+    Raises :class:`MedcliError` for an unknown ``split``, a folder that is not a run, missing or unreadable
+    validation predictions, a splits file changed since training, an empty test set, a bad external ``name``
+    or external classes that do not match the run's.
+    """
     if split not in SPLITS:
         raise MedcliError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
-    run, doc, model = _load_run(run_dir)
-    cfg, classes, pre = doc["config"], doc["classes"], doc["preprocess"]
-    val_frame, val_y, val_logits = read_predictions(paths.predictions_file(run, "val"), classes)
-    own: dict = {}
-
-    def own_data() -> dict:
-        """The run's own dataset, splits and image store, loaded once and only when needed."""
-        if not own:
-            dataset = load_dataset(cfg["data"], cfg.get("layout", "auto"), cfg.get("aliases"))
-            own["splits"] = _run_splits(doc, dataset)
-            own["paths"] = {s.id: s.path for s in dataset.samples}
-            own["store"] = _store_for(dataset, doc, set(own["splits"]["labels"]), cfg.get("cache_dir"), cfg.get("workers"))
-        return own
-
-    if tta:
-        # The temperature and the threshold must be fitted on the kind of scores they are applied to, so with
-        # TTA they come from TTA predictions of the same validation images (still never from test data).
-        store = own_data()["store"]
-        val_logits = predict_logits(model, store.images, store.rows(list(val_frame["id"])), pre["mean"], pre["std"], tta=True)
-    temperature = fit_temperature(val_logits, val_y)
-    binary = len(classes) == 2
-    threshold = youden_threshold(val_y, softmax(val_logits)[:, 1]) if binary and len(set(val_y.tolist())) == 2 else None
-    fitted = {"temperature": temperature, "threshold": threshold}
-    results: dict[str, dict] = {}
-
+    run = runs.open_run(run_dir)
+    model = run.load_model()
+    own = _OwnData(run)
+    val_frame, val_y, val_logits = _validation_scores(run, model, own, tta)
+    scoring = _fit_on_validation(run, val_y, val_logits, tta=tta, n_bootstrap=n_bootstrap, seed=seed, figures=figures)
     if data is not None:
-        from ..data.classes import reconcile_classes
-
-        ext_name = _external_name(name, data)
-        other = load_dataset(data, "auto", aliases)
-        # --alias is applied by load_dataset; what is left to match against the model's classes are its labels
-        mapping = reconcile_classes({"train": set(classes), "test": {s.label for s in other.samples}}, None)
-        other = require_readable(other, scan_dataset(other, cfg.get("cache_dir"), cfg.get("workers")), skip_bad)
-        store = _store_for(other, doc, None, cfg.get("cache_dir"), cfg.get("workers"))
-        index = {c: k for k, c in enumerate(classes)}
-        y = np.array([index[mapping[s.label]] for s in other.samples])
-        ids = [s.id for s in other.samples]
-        logits = predict_logits(model, store.images, store.rows(ids), pre["mean"], pre["std"], tta=tta)
-        out_dir = Path(run) / "external" / ext_name
-        external = {"data": str(Path(data).resolve()), "fingerprint": other.fingerprint(), "class_mapping": {raw: mapping[label] for raw, label in sorted(other.class_mapping.items())}}
-        results[ext_name] = _score(out_dir, "external", ids, [s.path for s in other.samples], y, logits, classes, cfg, doc, fitted, tta,
-                                   n_bootstrap, seed, figures, external=external, pred_path=out_dir / "predictions.csv", metrics_path=out_dir / "metrics.json")
-        return results
-
-    wanted = ["val", "test"] if split == "all" else [split]
-    if "val" in wanted:
-        results["val"] = _score(run, "val", list(val_frame["id"]), list(val_frame["path"]), val_y, val_logits, classes, cfg, doc, fitted, tta, n_bootstrap, seed, figures)
-    if "test" in wanted:
-        splits_doc, store = own_data()["splits"], own_data()["store"]
-        ids = list(splits_doc["test"])
-        if not ids:
-            raise MedcliError(f"{doc['splits_file']}: the test set is empty")
-        index = {c: k for k, c in enumerate(classes)}
-        y = np.array([index[splits_doc["labels"][i]] for i in ids])
-        logits = predict_logits(model, store.images, store.rows(ids), pre["mean"], pre["std"], tta=tta)
-        results["test"] = _score(run, "test", ids, [own_data()["paths"][i] for i in ids], y, logits, classes, cfg, doc, fitted, tta, n_bootstrap, seed, figures)
+        return _evaluate_external(scoring, model, data, name, aliases, skip_bad)
+    results: dict[str, dict] = {}
+    if split in ("val", "all"):
+        results["val"] = _score(scoring, "val", list(val_frame["id"]), list(val_frame["path"]), val_y, val_logits, _run_outputs(run, "val"))
+    if split in ("test", "all"):
+        results["test"] = _evaluate_test(scoring, model, own)
     if figures:
-        _learning_curves(run, cfg)
+        _learning_curves(run)
     return results
 
 
-def _score(run, split, ids, image_paths, y, logits, classes, cfg, doc, fitted, tta, n_bootstrap, seed, figures, *, external=None, pred_path=None, metrics_path=None) -> dict:
-    from ..training.outputs import versions, write_predictions
+def _validation_scores(run: runs.Run, model, own: _OwnData, tta: bool) -> tuple["pd.DataFrame", np.ndarray, np.ndarray]:
+    """The validation fold's ``(frame, labels, logits)`` from training, or recomputed with TTA.
 
+    The temperature and the threshold must be fitted on the kind of scores they are applied to, so with TTA they
+    come from TTA predictions of the same validation images (still never from test data).
+    """
+    frame, y, logits = read_predictions(paths.predictions_file(run.path, "val"), run.classes)
+    if tta:
+        logits = predict_logits(model, own.store.images, own.store.rows(list(frame["id"])), run.preprocess["mean"], run.preprocess["std"], tta=True)
+    return frame, y, logits
+
+
+def _fit_on_validation(run: runs.Run, val_y: np.ndarray, val_logits: np.ndarray, **options) -> _Scoring:
+    """Temperature scaling and, for binary tasks with both classes in validation, the Youden threshold."""
+    temperature = fit_temperature(val_logits, val_y)
+    binary = len(run.classes) == 2
+    threshold = youden_threshold(val_y, softmax(val_logits)[:, 1]) if binary and len(set(val_y.tolist())) == 2 else None
+    return _Scoring(run=run, temperature=temperature, threshold=threshold, **options)
+
+
+def _evaluate_test(scoring: _Scoring, model, own: _OwnData) -> dict:
+    run = scoring.run
+    ids = list(own.splits["test"])
+    if not ids:
+        raise MedcliError(f"{run.doc['splits_file']}: the test set is empty")
+    index = {c: k for k, c in enumerate(run.classes)}
+    y = np.array([index[own.splits["labels"][i]] for i in ids])
+    logits = predict_logits(model, own.store.images, own.store.rows(ids), run.preprocess["mean"], run.preprocess["std"], tta=scoring.tta)
+    return _score(scoring, "test", ids, [own.paths[i] for i in ids], y, logits, _run_outputs(run, "test"))
+
+
+def _evaluate_external(scoring: _Scoring, model, data, name: str | None, aliases, skip_bad: bool) -> dict[str, dict]:
+    """Score the run on another dataset; results go to ``external/<name>/``, apart from the run's own."""
+    from ..data import load_dataset, require_readable, scan_dataset
+    from ..data.classes import reconcile_classes
+
+    run = scoring.run
+    cfg, classes = run.config, run.classes
+    ext_name = _external_name(name, data)
+    other = load_dataset(data, "auto", aliases)
+    # --alias is applied by load_dataset; what is left to match against the model's classes are its labels
+    mapping = reconcile_classes({"train": set(classes), "test": {s.label for s in other.samples}}, None)
+    other = require_readable(other, scan_dataset(other, cfg.get("cache_dir"), cfg.get("workers")), skip_bad)
+    store = _store_for(other, run, None)
+    index = {c: k for k, c in enumerate(classes)}
+    y = np.array([index[mapping[s.label]] for s in other.samples])
+    ids = [s.id for s in other.samples]
+    logits = predict_logits(model, store.images, store.rows(ids), run.preprocess["mean"], run.preprocess["std"], tta=scoring.tta)
+    external = {"data": str(Path(data).resolve()), "fingerprint": other.fingerprint(),
+                "class_mapping": {raw: mapping[label] for raw, label in sorted(other.class_mapping.items())}}
+    outputs = _Outputs(paths.external_predictions_file(run.path, ext_name), paths.external_metrics_file(run.path, ext_name),
+                       paths.external_dir(run.path, ext_name))
+    return {ext_name: _score(scoring, "external", ids, [s.path for s in other.samples], y, logits, outputs, external=external)}
+
+
+def _run_outputs(run: runs.Run, split: str) -> _Outputs:
+    return _Outputs(paths.predictions_file(run.path, split), paths.metrics_file(run.path, split), paths.figures_dir(run.path))
+
+
+def _score(scoring: _Scoring, split: str, ids: list[str], image_paths: list[str], y: np.ndarray, logits: np.ndarray,
+           outputs: _Outputs, *, external: dict | None = None) -> dict:
+    """Write the predictions (raw and calibrated), the metrics document and the figures of one scored split."""
+    run, classes, cfg = scoring.run, scoring.run.classes, scoring.run.config
     probs = softmax(logits)
-    calibrated_logits = logits / fitted["temperature"]
-    calibrated = apply_temperature(logits, fitted["temperature"])
-    pred_path = pred_path or paths.predictions_file(run, split)
-    write_predictions(pred_path, ids, image_paths, y, logits, classes, fold=cfg["fold"], seed=cfg["seed"], split=split, probs=probs)
-    calibrated_path = Path(pred_path).with_suffix(".calibrated.csv")  # <split>.calibrated.csv
-    write_predictions(calibrated_path, ids, image_paths, y, calibrated_logits, classes, fold=cfg["fold"], seed=cfg["seed"], split=split, probs=calibrated)
+    calibrated_logits = logits / scoring.temperature
+    calibrated = apply_temperature(logits, scoring.temperature)
+    runs.write_predictions(outputs.predictions, ids, image_paths, y, logits, classes, fold=cfg["fold"], seed=cfg["seed"], split=split, probs=probs)
+    runs.write_predictions(paths.calibrated_file(outputs.predictions), ids, image_paths, y, calibrated_logits, classes,
+                           fold=cfg["fold"], seed=cfg["seed"], split=split, probs=calibrated)
     metrics = compute_metrics(y, probs, classes)
-    at_threshold = compute_metrics(y, probs, classes, threshold=fitted["threshold"]) if fitted["threshold"] is not None else None
-    ci = bootstrap_ci(y, probs, headline_metric_fns(classes), n_resamples=n_bootstrap, seed=seed) if n_bootstrap > 0 else {}
+    at_threshold = compute_metrics(y, probs, classes, threshold=scoring.threshold) if scoring.threshold is not None else None
+    ci = bootstrap_ci(y, probs, headline_metric_fns(classes), n_resamples=scoring.n_bootstrap, seed=scoring.seed) if scoring.n_bootstrap > 0 else {}
     document = {
         "format": METRICS_FORMAT,
-        "run": {k: cfg[k] for k in ("dataset_name", "backbone", "strategy", "seed", "fold")},
+        "run": run.coordinates(),
         "split": split,
         "n": int(len(y)),
         "classes": classes,
-        "tta": tta,
+        "tta": scoring.tta,
         "metrics": metrics,
-        "threshold": None if fitted["threshold"] is None else {
-            "value": fitted["threshold"], "source": "val (Youden's J)", "positive_class": classes[1], "metrics": at_threshold},
+        "threshold": None if scoring.threshold is None else {
+            "value": scoring.threshold, "source": "val (Youden's J)", "positive_class": classes[1], "metrics": at_threshold},
         "calibration": {
-            "temperature": fitted["temperature"], "fitted_on": "val",
-            "nll_before": temperature_nll(logits, y, 1.0), "nll_after": temperature_nll(logits, y, fitted["temperature"]),
+            "temperature": scoring.temperature, "fitted_on": "val",
+            "nll_before": temperature_nll(logits, y, 1.0), "nll_after": temperature_nll(logits, y, scoring.temperature),
             "ece_before": expected_calibration_error(y, probs), "ece_after": expected_calibration_error(y, calibrated),
         },
         "ci": ci,
         "external": external,
-        "versions": versions(),
+        "versions": runs.versions(),
     }
-    document = _finite(json.loads(json.dumps(document, default=_plain)))
-    write_json(metrics_path or paths.metrics_file(run, split), document)
-    if figures:
-        _figures(Path(metrics_path).parent if metrics_path else Path(paths.figures_dir(run)), split, y, probs, calibrated, classes, metrics)
+    document = runs.write_metrics(outputs.metrics, document)
+    if scoring.figures:
+        _figures(Path(outputs.figures), split, y, probs, calibrated, classes, metrics)
     return document
-
-
-def _plain(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def _finite(value):
-    """``value`` with every non-finite float replaced by None (JSON has no NaN or Infinity)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _figures(folder: Path, split: str, y, probs, calibrated, classes, metrics) -> None:
     from .plots import plot_confusion_matrix, plot_pr_curves, plot_reliability, plot_roc_curves
 
     folder.mkdir(parents=True, exist_ok=True)
-    plot_confusion_matrix(np.array(metrics["confusion_matrix"]["counts"]), classes, folder / f"confusion_{split}.png", title=f"confusion matrix ({split})")
-    plot_roc_curves(y, probs, classes, folder / f"roc_{split}.png", title=f"ROC ({split})")
-    plot_pr_curves(y, probs, classes, folder / f"pr_{split}.png", title=f"precision-recall ({split})")
-    plot_reliability(y, probs, folder / f"reliability_{split}.png", probs_calibrated=calibrated, title=f"reliability ({split})")
+    figure = {kind: paths.eval_figure_file(folder, kind, split) for kind in paths.EVAL_FIGURES}
+    plot_confusion_matrix(np.array(metrics["confusion_matrix"]["counts"]), classes, figure["confusion"], title=f"confusion matrix ({split})")
+    plot_roc_curves(y, probs, classes, figure["roc"], title=f"ROC ({split})")
+    plot_pr_curves(y, probs, classes, figure["pr"], title=f"precision-recall ({split})")
+    plot_reliability(y, probs, figure["reliability"], probs_calibrated=calibrated, title=f"reliability ({split})")
 
 
-def _learning_curves(run: Path, cfg: dict) -> None:
+def _learning_curves(run: runs.Run) -> None:
     from .plots import plot_learning_curves
 
-    history = pd.read_csv(paths.history_file(run))
-    monitor = "val_loss" if cfg.get("monitor") == "loss" else f"val_{cfg.get('monitor', 'balanced_accuracy')}"
-    Path(paths.figures_dir(run)).mkdir(parents=True, exist_ok=True)
-    plot_learning_curves(history, Path(paths.figures_dir(run)) / "learning_curves.png", monitor=monitor if monitor in history else None)
+    history = runs.read_history(run.path)
+    monitor = "val_loss" if run.config.get("monitor") == "loss" else f"val_{run.config.get('monitor', 'balanced_accuracy')}"
+    Path(paths.figures_dir(run.path)).mkdir(parents=True, exist_ok=True)
+    plot_learning_curves(history, paths.learning_curves_file(run.path), monitor=monitor if monitor in history else None)
 
 
 def render(results: dict[str, dict], console) -> None:

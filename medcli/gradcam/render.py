@@ -2,54 +2,23 @@
 
 Figures are drawn on a bare :class:`matplotlib.figure.Figure` (no pyplot), so nothing is left open and the
 caller's matplotlib state and backend are untouched. File names derived from image ids and class names go
-through :func:`safe_name` / :func:`image_file_name`.
+through :func:`medcli.paths.safe_name` / :func:`medcli.paths.image_file_name`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-import re
-import unicodedata
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
+from ..paths import image_file_name, safe_name  # noqa: F401  (file names are part of the results layout)
+
 CMAP = "jet"
 ALPHA = 0.5
 MIN_DISPLAY = 256  # per-image PNGs are enlarged (nearest neighbour) until each half is at least this wide
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm", ".pbm"}
-
-
-def _slug(text: str, max_length: int) -> str:
-    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_text).strip("._-")
-    return slug[:max_length].rstrip("._-")
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
-
-
-def safe_name(text: str, *, max_length: int = 60) -> str:
-    """A portable file-name part for ``text``: ASCII letters, digits, ``.``, ``_`` and ``-`` only.
-
-    A text that is already such a name is kept as it is; any other gets its readable part followed by an
-    8-hex-digit hash of the exact text, so two different texts never share a name.
-    """
-    slug = _slug(text, max_length)
-    if slug and slug == text:
-        return slug
-    return f"{slug}-{_digest(text)}" if slug else _digest(text)
-
-
-def image_file_name(sample_id: str, *, max_length: int = 60) -> str:
-    """``<readable id>-<hash of the id>.png``: unique per id, also on case-insensitive file systems."""
-    stem, suffix = os.path.splitext(sample_id)
-    readable = _slug(stem if suffix.lower() in _IMAGE_SUFFIXES else sample_id, max_length)
-    return f"{readable}-{_digest(sample_id)}.png" if readable else f"{_digest(sample_id)}.png"
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:

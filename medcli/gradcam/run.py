@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import paths
-from .._io import read_json, write_json
+from .. import paths, runs
+from .._io import publish_dir, staging_dir, write_json
 from ..errors import MedcliError
 from .cams import compute_cams, get_method, model_device
 from .faithfulness import TOP_FRACTION, confidence_drops
-from .render import Tile, image_file_name, safe_name, save_gallery, save_pair
+from .render import Tile, save_gallery, save_pair
 
 log = logging.getLogger("medcli")
 
@@ -38,15 +38,12 @@ def output_dir(run_dir: str | os.PathLike, split: str) -> str:
 
 
 def read_predictions(path: str | os.PathLike, classes: list[str]) -> pd.DataFrame:
-    """A predictions CSV with ids, paths and labels as strings, checked against the run's classes."""
-    frame = pd.read_csv(path, dtype={"id": str, "path": str, "label": str, "pred": str}, keep_default_na=False)
-    needed = ["id", "path", "label", "pred", *(f"prob_{c}" for c in classes)]
-    missing = [col for col in needed if col not in frame.columns]
+    """A predictions CSV (:func:`medcli.runs.read_predictions`) that has the ``path`` and ``pred`` columns and at
+    least one row (MedcliError naming the file otherwise)."""
+    frame = runs.read_predictions(path, classes)
+    missing = [col for col in ("path", "pred") if col not in frame.columns]
     if missing:
         raise MedcliError(f"{path}: column(s) {', '.join(missing)} missing; re-create it with `medcli train` / `medcli eval`")
-    unknown = sorted(set(frame["label"]).union(frame["pred"]) - set(classes))
-    if unknown:
-        raise MedcliError(f"{path}: class(es) {', '.join(map(repr, unknown))} are not among the run's classes {classes}")
     if frame.empty:
         raise MedcliError(f"{path}: no predictions to explain")
     return frame
@@ -158,47 +155,44 @@ def explain_run(
         batch_size: images per CAM chunk.
         seed: seed of the image selection.
 
-    Returns the ``index.json`` document plus ``folder`` (where the outputs went). The whole output folder is
-    written next to the old one and swapped in at the end, so it never mixes two explanations.
+    Returns the ``index.json`` document plus ``folder`` (where the outputs went).
+
+    Writes ``<run>/gradcam/<split>/`` (:func:`medcli.paths.gradcam_dir`): one ``<class>/<correct|wrong>/<image>.png``
+    overlay per explained image (original | overlay, at least 256 px per half), one ``gallery_<class>.png`` per
+    true class present, and ``index.json`` (``medcli.gradcam/1``). The whole folder is built beside the old one
+    and swapped in at the end (:func:`medcli._io.publish_dir` with ``replace=True``), so it never mixes two
+    explanations.
+
+    Raises :class:`MedcliError` for an unknown split, target or method, ``n`` or ``batch_size`` below 1, a folder
+    that is not a run, missing or unreadable predictions (``test`` needs ``medcli eval`` first), or a dataset
+    that changed since training.
     """
-    from ..models import load_model
-    from ..training.batches import to_model_input
+    from ..preprocess import to_model_input
 
     _check_arguments(split, n, method, target, batch_size)
-    run = Path(run_dir)
-    if not Path(paths.config_file(run)).is_file() or not Path(paths.model_file(run)).is_file():
-        raise MedcliError(f"{run}: not a run folder (needs config.json and model.pt from `medcli train`)")
-    predictions = Path(paths.predictions_file(run, split))
-    if not predictions.is_file():
-        if split == "test":
-            raise MedcliError(f"{predictions} not found: run `medcli eval {run}` first")
-        raise MedcliError(f"{predictions} not found; re-run `medcli train` for this run")
-    doc = read_json(paths.config_file(run))
-    classes, pre = list(doc["classes"]), doc["preprocess"]
+    run = runs.open_run(run_dir)
+    classes, pre, doc = run.classes, run.preprocess, run.doc
     index = {c: k for k, c in enumerate(classes)}
-    chosen = select_samples(read_predictions(predictions, classes), classes, n, seed)
+    chosen = select_samples(read_predictions(paths.predictions_file(run.path, split), classes), classes, n, seed)
     pixels = load_pixels(doc, list(chosen["id"]))
 
-    model, _ = load_model(paths.model_file(run))
-    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    model = run.load_model(runs.inference_device())
     device = model_device(model)
     mean, std = torch.tensor(pre["mean"], device=device), torch.tensor(pre["std"], device=device)
     inputs = to_model_input(torch.from_numpy(pixels).permute(0, 3, 1, 2).to(device), mean, std)
     explained = [index[c] for c in chosen["pred" if target == "pred" else "label"]]
-    log.info("%s on %d %s images of %s (%s)", method, len(chosen), split, run, model.backbone)
+    log.info("%s on %d %s images of %s (%s)", method, len(chosen), split, run.path, model.backbone)
     cams = compute_cams(model, inputs, explained, method=method, batch_size=batch_size)
     drops = confidence_drops(model, inputs, cams, explained, fraction=TOP_FRACTION, batch_size=batch_size)
 
-    final = Path(output_dir(run, split))
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    final = Path(output_dir(run.path, split))
+    staging = staging_dir(final)
     try:
         entries, tiles = _write_overlays(staging, chosen, classes, pixels, cams, drops, explained)
         galleries = _write_galleries(staging, entries, tiles, classes, method=method, split=split, target=target)
         document = {
             "format": INDEX_FORMAT,
-            "run": {k: doc["config"].get(k) for k in ("dataset_name", "backbone", "strategy", "seed", "fold")},
+            "run": run.coordinates(),
             "method": method,
             "target": target,
             "split": split,
@@ -217,7 +211,7 @@ def explain_run(
             },
         }
         write_json(staging / paths.GRADCAM_INDEX, document)  # the staging folder becomes paths.gradcam_dir
-        _swap_in(staging, final)
+        publish_dir(staging, final, replace=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {**document, "folder": str(final)}
@@ -230,7 +224,7 @@ def _write_overlays(folder: Path, chosen: pd.DataFrame, classes: list[str], pixe
         label, pred = row["label"], row["pred"]
         correct = label == pred
         prob = float(row[f"prob_{pred}"])
-        overlay = Path(safe_name(label)) / ("correct" if correct else "wrong") / image_file_name(row["id"])
+        overlay = Path(paths.gradcam_overlay_name(label, correct, row["id"]))
         (folder / overlay).parent.mkdir(parents=True, exist_ok=True)
         save_pair(folder / overlay, pixels[i], cams[i])
         entries.append({
@@ -265,7 +259,7 @@ def _write_galleries(folder: Path, entries: list[dict], tiles: list[Tile], class
         mine = [i for i, e in enumerate(entries) if e["label"] == cls]
         if not mine:
             continue
-        galleries[cls] = f"gallery_{safe_name(cls)}.png"
+        galleries[cls] = paths.gradcam_gallery_name(cls)
         score = _summary([entries[i] for i in mine])["mean_score"]
         title = (f"{method} | true class {cls} | {split} split | explaining the {explaining} class | "
                  f"mean faithfulness score {score:+.2f} (top {TOP_FRACTION:.0%} kept vs removed)\n"
@@ -276,20 +270,6 @@ def _write_galleries(folder: Path, entries: list[dict], tiles: list[Tile], class
 
 def _short(text: str, limit: int = 22) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _swap_in(staging: Path, final: Path) -> None:
-    """Replace ``final`` by ``staging`` (old folder renamed aside first, then removed)."""
-    old = final.parent / f".{final.name}.old-{os.getpid()}"
-    if final.exists():
-        os.rename(final, old)
-    try:
-        os.rename(staging, final)
-    except OSError:
-        if old.exists() and not final.exists():
-            os.rename(old, final)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def summarize(result: dict) -> str:

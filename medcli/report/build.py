@@ -37,8 +37,13 @@ CSV_COLUMNS = ("dataset", "backbone", "strategy", "seed", "fold", "split", "metr
 
 def write_report(results: str | os.PathLike, *, out: str | os.PathLike | None = None, primary: str | None = None,
                  reference: str | None = None, n_bootstrap: int = 1000, seed: int = 0) -> Path:
-    """Write ``summary.md`` (to ``out``, default ``<results>/summary.md``) with ``summary.csv``, ``summary.json``
-    beside it and the figures in ``<results>/figures/``; return the markdown's path.
+    """Write the cross-validated comparison of every run below ``results``; return the markdown's path.
+
+    Writes (atomically) ``summary.md`` (to ``out``, default ``<results>/summary.md``), ``summary.json``
+    (``medcli.summary/1``: every number of the markdown, unrounded) and ``summary.csv`` (one row per run × split ×
+    metric) beside it, and the figures ``<results>/figures/<dataset>_{strategies,learning_curves,confusion_best}.png``
+    (:func:`medcli.paths.summary_figure_file`). Run folders that cannot be used are listed in the report with
+    the reason, never fatal.
 
     Args:
         results: the results folder (``<dataset>/runs/<backbone>__<strategy>/seed-<s>/fold-<k>/``).
@@ -50,6 +55,9 @@ def write_report(results: str | os.PathLike, *, out: str | os.PathLike | None = 
             note) to the first configuration trained from scratch.
         n_bootstrap: bootstrap resamples of the test intervals.
         seed: seed of the bootstrap.
+
+    Raises :class:`MedcliError` when ``results`` is not a folder, holds no usable run folder, or an
+    ``experiment.json`` cell is malformed.
     """
     from .markdown import render_markdown
 
@@ -182,14 +190,13 @@ def _figures(results: Path, dataset: str, runs: list[Run], summary: dict, base: 
     from .figures import confusion_figure, learning_curve_figure, strategy_figure
     from .markdown import metric_label
 
-    folder = Path(paths.summary_figures_dir(results))
     primary, label = summary["primary"], metric_label(summary["primary"])
     made = []
-    path = strategy_figure(runs, primary, label, folder / f"{dataset}_strategies.png")
+    path = strategy_figure(runs, primary, label, paths.summary_figure_file(results, dataset, "strategies"))
     if path:
         made.append({"kind": "strategies", "file": _link(path, base),
                      "caption": f"CV {label} of every run (one point per seed × fold), by strategy, one panel per backbone."})
-    path = learning_curve_figure(runs, primary, label, folder / f"{dataset}_learning_curves.png")
+    path = learning_curve_figure(runs, primary, label, paths.summary_figure_file(results, dataset, "learning_curves"))
     if path:
         made.append({"kind": "learning_curves", "file": _link(path, base),
                      "caption": "Validation metric and loss per epoch (history.csv), mean ± sd over the runs of each configuration."})
@@ -197,7 +204,7 @@ def _figures(results: Path, dataset: str, runs: list[Run], summary: dict, base: 
     if best:
         n_seeds = len(best["test"]["seeds"])
         title = f"{best['config']}\nfold ensemble on the test set" + (f"\n(counts summed over {n_seeds} seeds)" if n_seeds > 1 else "")
-        path = confusion_figure(best["test"]["confusion"], summary["classes"], title, folder / f"{dataset}_confusion_best.png")
+        path = confusion_figure(best["test"]["confusion"], summary["classes"], title, paths.summary_figure_file(results, dataset, "confusion_best"))
         made.append({"kind": "confusion_best", "file": _link(path, base), "config": best["config"],
                      "caption": f"Test-set confusion matrix of the best configuration, `{best['config']}` (fold ensemble"
                                 + (f"; counts summed over its {n_seeds} seeds" if n_seeds > 1 else "")

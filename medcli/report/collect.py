@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import paths
+from .. import paths, runs
 from .._io import read_json
 from ..errors import MedcliError
 
@@ -102,40 +102,18 @@ def _pattern(results: str | os.PathLike) -> str:
 def read_probabilities(path: str | os.PathLike, classes: list[str]) -> pd.DataFrame:
     """A predictions CSV as a frame indexed by image ``id`` with ``label`` and one ``prob_<class>`` column per class.
 
-    Files without probability columns (older runs) fall back to the softmax of their ``logit_<class>`` columns.
+    Read by :func:`medcli.runs.read_predictions` (class names kept as text; files without probability columns,
+    from older runs, fall back to the softmax of their ``logit_<class>`` columns). MedcliError when unreadable.
     """
-    try:
-        frame = pd.read_csv(path, dtype={"id": str, "label": str, "pred": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise MedcliError(f"{path}: cannot read predictions ({exc})") from None
-    probs = [f"prob_{c}" for c in classes]
-    if "id" not in frame or "label" not in frame:
-        raise MedcliError(f"{path}: predictions need 'id' and 'label' columns")
-    if not set(probs) <= set(frame.columns):
-        logits = [f"logit_{c}" for c in classes]
-        if not set(logits) <= set(frame.columns):
-            raise MedcliError(f"{path}: no prob_<class> or logit_<class> columns for classes {classes}")
-        from ..evaluation.calibration import softmax
-
-        frame[probs] = softmax(frame[logits].to_numpy(dtype=np.float64))
-    try:
-        frame[probs] = frame[probs].astype(np.float64)
-    except ValueError:
-        raise MedcliError(f"{path}: non-numeric probabilities") from None
-    unknown = sorted(set(frame["label"]) - set(classes))
-    if unknown:
-        raise MedcliError(f"{path}: labels {unknown} are not among the run's classes {classes}")
-    if frame["id"].duplicated().any():
-        raise MedcliError(f"{path}: image ids repeat")
-    return frame.set_index("id")[["label", *probs]]
+    frame = runs.read_predictions(path, classes)
+    return frame.set_index("id")[["label", *(f"prob_{c}" for c in classes)]]
 
 
 def _metrics_from_predictions(path: str, classes: list[str]) -> dict:
     from ..evaluation.metrics import compute_metrics
 
-    frame = read_probabilities(path, classes)
-    y = frame["label"].map({c: k for k, c in enumerate(classes)}).to_numpy(dtype=np.intp)
-    return scalar_metrics(compute_metrics(y, frame[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64), classes))
+    frame = runs.read_predictions(path, classes)
+    return scalar_metrics(compute_metrics(runs.label_indices(frame, classes), runs.probabilities(frame, classes), classes))
 
 
 def _read_run(folder: str, key: paths.RunKey, results: str | os.PathLike) -> Run | str:
@@ -143,19 +121,19 @@ def _read_run(folder: str, key: paths.RunKey, results: str | os.PathLike) -> Run
     if not os.path.isfile(paths.config_file(folder)):
         return "no config.json (training did not finish)"
     try:
-        doc = read_json(paths.config_file(folder))
+        doc = runs.read_config(folder)
         classes = list(doc.get("classes") or [])
         if len(classes) < 2:
             return "config.json lists no classes"
         if os.path.isfile(paths.metrics_file(folder, "val")):
-            val, source = scalar_metrics(read_json(paths.metrics_file(folder, "val")).get("metrics") or {}), VAL_FROM_METRICS
+            val, source = scalar_metrics(runs.read_metrics(paths.metrics_file(folder, "val")).get("metrics") or {}), VAL_FROM_METRICS
         elif os.path.isfile(paths.predictions_file(folder, "val")):
             val, source = _metrics_from_predictions(paths.predictions_file(folder, "val"), classes), VAL_FROM_PREDICTIONS
         else:
             return "neither metrics/val.json nor predictions/val.csv"
         test = None
         if os.path.isfile(paths.metrics_file(folder, "test")):
-            test = scalar_metrics(read_json(paths.metrics_file(folder, "test")).get("metrics") or {})
+            test = scalar_metrics(runs.read_metrics(paths.metrics_file(folder, "test")).get("metrics") or {})
     except MedcliError as exc:
         return f"unreadable: {exc}"
     return Run(key=key, path=folder, rel=_rel(folder, results), doc=doc, val_metrics=val, val_source=source,
@@ -257,11 +235,11 @@ def collect_ensembles(results: str | os.PathLike, dataset: str) -> list[Ensemble
     pattern = paths.ensemble_dir(glob.escape(str(results)), glob.escape(dataset), "*", "*", "*")
     out = []
     for folder in sorted(glob.glob(pattern)):
-        seed_part, name = Path(folder).name, Path(folder).parent.name
         try:
-            seed = int(seed_part.split("-", 1)[1])
-        except (IndexError, ValueError):
+            key = paths.parse_ensemble_dir(folder)
+        except ValueError:
             continue
+        name, seed = paths.ensemble_name(key.name, key.method), key.seed
         if not os.path.isfile(paths.metrics_file(folder, "val")):
             continue
         statement = None
@@ -271,7 +249,7 @@ def collect_ensembles(results: str | os.PathLike, dataset: str) -> list[Ensemble
             statement, members = info.get("statement"), list(info.get("members") or [])
         out.append(EnsembleOutput(
             dataset=dataset, name=name, seed=seed, path=folder, rel=_rel(folder, results),
-            val_metrics=scalar_metrics(read_json(paths.metrics_file(folder, "val")).get("metrics") or {}),
+            val_metrics=scalar_metrics(runs.read_metrics(paths.metrics_file(folder, "val")).get("metrics") or {}),
             has_test_predictions=os.path.isfile(paths.predictions_file(folder, "test")),
             statement=statement, members=members))
     return sorted(out, key=lambda e: (e.name, e.seed))

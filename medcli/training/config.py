@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MedcliError
+from ..paths import DEFAULT_RESULTS, DEFAULT_WORK
 
 OPTIMIZERS = ("adamw", "sgd")
 MONITORS = {"balanced_accuracy": "max", "accuracy": "max", "macro_f1": "max", "loss": "min"}
@@ -132,8 +133,8 @@ class TrainConfig:
     feature_cache: bool = setting(True, "linear without augmentation: compute the frozen trunk's features once, cache them and "
                                   "train the head on them (off: forward every batch through the trunk).", RUN, in_key=False)
     # where things go
-    results: str = setting("results", "Results root.", RUN, workflow="job", in_key=False)
-    work: str = setting("work", "Where resume checkpoints live.", RUN, workflow="job", in_key=False)
+    results: str = setting(DEFAULT_RESULTS, "Results root.", RUN, workflow="job", in_key=False)
+    work: str = setting(DEFAULT_WORK, "Where resume checkpoints live.", RUN, workflow="job", in_key=False)
     out: str | None = setting(None, "Run folder.", RUN, workflow="job", short="-o", in_key=False,
                               default_text="results/<dataset>/runs/<backbone>__<strategy>/seed-<s>/fold-<k>")
     cache_dir: str | None = setting(None, "Where decoded-image caches live.", RUN, workflow="job", in_key=False,
@@ -317,7 +318,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         import logging
 
         logging.getLogger("medcli").warning(note)
-    name = cfg.dataset_name or _dataset_name(cfg.data)
+    name = cfg.dataset_name or paths.dataset_name(cfg.data)
     img_size = cfg.img_size or info.input_size
     out = cfg.out or paths.run_dir(cfg.results, name, cfg.backbone, cfg.strategy, cfg.seed, cfg.fold)
     augment = default_augment(cfg.strategy) if cfg.augment is None else bool(cfg.augment)
@@ -333,11 +334,6 @@ def default_augment(strategy: str) -> bool:
     regularizes. The resolved value is what ``config.json`` records.
     """
     return strategy != "linear"
-
-
-def _dataset_name(data: str) -> str:
-    p = Path(data)
-    return (p.stem if p.is_file() else p.resolve().name) or "dataset"
 
 
 def work_dir(cfg: TrainConfig) -> str:

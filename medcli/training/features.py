@@ -43,7 +43,7 @@ import torch
 from .. import paths
 from .._io import publish_dir, write_json
 from ..errors import MedcliError
-from .batches import to_model_input
+from ..preprocess import to_model_input
 
 log = logging.getLogger("medcli")
 

@@ -33,7 +33,8 @@ import torch.nn as nn
 from .. import paths
 from ..errors import MedcliError
 from ..inference import infer
-from .batches import AugmentSettings, ImageSet, index_loader, normalization, to_model_input
+from ..preprocess import AugmentSettings, to_model_input
+from .batches import ImageSet, index_loader, normalization
 from .config import MONITORS, TrainConfig, resolve, work_dir
 from .early_stopping import EarlyStopping
 from .resume import resume_state, save_checkpoint

@@ -1,6 +1,7 @@
 """Write a finished run's folder: config.json, history.csv, model.pt and the validation predictions.
 
-Formats are documented in docs/architecture.md; every file is written atomically.
+Formats are documented in docs/architecture.md; every file is written atomically. The predictions file is
+written by :func:`medcli.runs.write_predictions`, the one writer of that format.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__, paths
+from .. import paths
 from .._io import write_json, write_text
-
-RUN_FORMAT = "medcli.run/1"
+from ..runs import RUN_FORMAT, versions, write_predictions  # noqa: F401  (the run-folder formats live in medcli.runs)
 HISTORY_COLUMNS = ["epoch", "phase", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "lr", "seconds"]
 
 
@@ -56,22 +56,6 @@ def write_outputs(cfg, fold, model, history: list[dict], val_logits: np.ndarray,
     })
 
 
-def write_predictions(path, ids, image_paths, y: np.ndarray, logits: np.ndarray, classes: list[str], *, fold: int, seed: int, split: str, probs: np.ndarray | None = None) -> None:
-    """One row per image: ``id, path, label, pred, prob_<class>…, logit_<class>…, fold, seed, split``."""
-    import torch
-
-    if probs is None:
-        probs = torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float64)), 1).numpy()
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", "path", "label", "pred", *(f"prob_{c}" for c in classes), *(f"logit_{c}" for c in classes), "fold", "seed", "split"])
-    pred = probs.argmax(1)
-    for k, sid in enumerate(ids):
-        writer.writerow([sid, image_paths[k], classes[int(y[k])], classes[int(pred[k])],
-                         *(f"{p:.8g}" for p in probs[k]), *(f"{v:.8g}" for v in logits[k]), fold, seed, split])
-    write_text(path, buf.getvalue())
-
-
 def write_history(path, history: list[dict]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n", extrasaction="ignore")
@@ -79,18 +63,6 @@ def write_history(path, history: list[dict]) -> None:
     for row in history:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     write_text(path, buf.getvalue())
-
-
-def versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"medcli": __version__, "python": platform.python_version()}
-    for pkg in ("torch", "torchvision", "accelerate", "numpy", "scikit-learn", "pillow"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 def git_revision() -> str | None:

@@ -22,7 +22,7 @@ GPUS = int(config["resources"].get("gpus_per_job", 0))
 ENSEMBLE = paths.ensemble_dir(RESULTS, "{dataset}", "{name}", "{method}", "{seed}")
 
 for skipped in GRID.skipped:
-    logger.info(f"skipping {skipped['dataset']}/{skipped['backbone']}__{skipped['strategy']}: {skipped['reason']}")
+    logger.info(f"skipping {skipped['dataset']}/{paths.run_name(skipped['backbone'], skipped['strategy'])}: {skipped['reason']}")
 
 wildcard_constraints:
     dataset=r"[A-Za-z0-9][^/]*",  # "_pretrain" (the demo's pretraining runs) belongs to rule pretrain

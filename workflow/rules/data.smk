@@ -5,9 +5,9 @@ rule synth_data:
     wildcard_constraints:
         dataset=r"[^/]+",  # the demo's pretraining source task too
     output:
-        paths.synth_marker(os.path.join(WORK, "data", "{dataset}")),
+        paths.synth_marker(paths.synth_data_dir(WORK, "{dataset}")),
     params:
-        out=lambda wc: os.path.join(WORK, "data", wc.dataset),
+        out=lambda wc: paths.synth_data_dir(WORK, wc.dataset),
         args=lambda wc: synth_args(wc.dataset),
     log:
         paths.log_file(LOGS, "data", "{dataset}", "synth"),

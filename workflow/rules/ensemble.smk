@@ -13,9 +13,9 @@ rule ensemble:
         bootstrap=eval_args_bootstrap(),
         rerun=RERUN,
     log:
-        paths.log_file(LOGS, "ensemble", "{dataset}", "{name}__{method}/seed-{seed}"),
+        paths.log_file(LOGS, "ensemble", "{dataset}", paths.ensemble_key("{name}", "{method}", "{seed}")),
     benchmark:
-        paths.benchmark_file(LOGS, "ensemble", "{dataset}", "{name}__{method}/seed-{seed}")
+        paths.benchmark_file(LOGS, "ensemble", "{dataset}", paths.ensemble_key("{name}", "{method}", "{seed}"))
     threads: 1
     resources:
         mem_mb=mem_mb("eval"),

@@ -15,7 +15,7 @@ rule download_weights:
 
 rule pretrain:
     input:
-        data=paths.synth_marker(os.path.join(WORK, "data", grid_lib.PRETRAIN_DATASET)),
+        data=paths.synth_marker(paths.synth_data_dir(WORK, grid_lib.PRETRAIN_DATASET)),
     output:
         model=paths.model_file(paths.run_dir(RESULTS, grid_lib.PRETRAIN_DATASET, "{backbone}", "scratch", 0, 0)),
     params:

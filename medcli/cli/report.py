@@ -7,12 +7,13 @@ from typing import Optional
 
 import typer
 
+from .. import paths
 from ._app import app
 
 
 @app.command("report")
 def report_cli(
-    results: Path = typer.Argument(Path("results"), help="The results folder."),
+    results: Path = typer.Argument(Path(paths.DEFAULT_RESULTS), help="The results folder."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Markdown file (default: RESULTS/summary.md)."),
     primary: Optional[str] = typer.Option(None, "--primary", help="Primary metric (default: the experiment's, else balanced_accuracy)."),
     reference: Optional[str] = typer.Option(None, "--reference", help="Row compared with the others, <backbone>__<strategy> (default: customcnn__scratch)."),
