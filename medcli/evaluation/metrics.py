@@ -14,15 +14,75 @@ are explained in ``"notes"``. Nothing in here raises for degenerate but valid da
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from sklearn import metrics as skm
 
 from ..errors import MedcliError
+from ..registry import Registry
 from .calibration import DEFAULT_N_BINS, expected_calibration_error
 
 #: Rows of ``probs`` must sum to 1 within this tolerance (float32 softmax outputs are well within it).
 SUM_TOLERANCE = 1e-3
+
+
+# --- the scalar-metric registry ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """A scalar metric: how it is computed, named and compared.
+
+    ``compute(y, probs, pred, labels)`` returns a float from integer labels ``(N,)``, probabilities ``(N, C)``,
+    predicted labels ``(N,)`` and ``labels = range(C)``; ``None`` marks the metrics :func:`compute_metrics`
+    computes itself (the one-vs-rest rankings with their per-class values; sensitivity and specificity, which
+    can be undefined). ``report``: a column of the summary; ``primary``: may be the report's primary metric.
+    """
+
+    name: str
+    label: str
+    compute: Callable[..., float] | None = None
+    lower_is_better: bool = False
+    binary_only: bool = False
+    report: bool = True
+    primary: bool = True
+
+
+_METRICS: Registry[MetricInfo] = Registry("metric", sort=False)  # registration order is the column order
+
+
+def register_metric(info: MetricInfo, *, overwrite: bool = False) -> MetricInfo:
+    """Add a scalar metric: it appears in ``metrics/<split>.json``, the summary's columns and ``--primary``."""
+    return _METRICS.add(info.name, info, overwrite=overwrite)
+
+
+def list_metrics() -> list[MetricInfo]:
+    return [_METRICS.get(name) for name in _METRICS.names()]
+
+
+def get_metric(name: str) -> MetricInfo:
+    return _METRICS.get(name)
+
+
+for _info in (
+    MetricInfo("accuracy", "accuracy", lambda y, p, pred, labels: skm.accuracy_score(y, pred)),
+    MetricInfo("balanced_accuracy", "balanced accuracy", lambda y, p, pred, labels: skm.balanced_accuracy_score(y, pred)),
+    MetricInfo("macro_f1", "macro-F1", lambda y, p, pred, labels: skm.f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+    MetricInfo("mcc", "MCC", lambda y, p, pred, labels: skm.matthews_corrcoef(y, pred)),
+    MetricInfo("roc_auc", "ROC-AUC"),
+    MetricInfo("pr_auc", "PR-AUC"),
+    MetricInfo("log_loss", "log-loss", lambda y, p, pred, labels: skm.log_loss(y, p, labels=labels), lower_is_better=True),
+    MetricInfo("brier", "Brier score", lambda y, p, pred, labels: skm.brier_score_loss(y, p, labels=labels, scale_by_half=False),
+               lower_is_better=True),
+    MetricInfo("brier_positive", "Brier score (positive class)", lambda y, p, pred, labels: skm.brier_score_loss(y, p[:, 1], pos_label=1, labels=labels),
+               lower_is_better=True, binary_only=True, report=False, primary=False),
+    MetricInfo("ece", "ECE", lambda y, p, pred, labels: expected_calibration_error(y, p, DEFAULT_N_BINS), lower_is_better=True),
+    MetricInfo("sensitivity", "sensitivity", binary_only=True, primary=False),
+    MetricInfo("specificity", "specificity", binary_only=True, primary=False),
+):
+    register_metric(_info)
 
 
 def check_predictions(y_true, probs, classes) -> tuple[np.ndarray, np.ndarray]:
@@ -175,23 +235,16 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str], *
         warnings.simplefilter("ignore", category=RuntimeWarning)
         cm = skm.confusion_matrix(y, pred, labels=labels)
         precision, recall, f1, support = skm.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
-        out: dict = {
-            "n": int(n),
-            "classes": classes,
-            "task": "binary" if n_classes == 2 else "multiclass",
-            "threshold": threshold,
-            "accuracy": float(skm.accuracy_score(y, pred)),
-            "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred)),
-            "macro_f1": float(skm.f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
-            "mcc": float(skm.matthews_corrcoef(y, pred)),
-        }
-        auc, out["roc_auc"] = _per_class_ranking(y, p, classes, "roc_auc", skm.roc_auc_score, undefined, notes)
-        ap, out["pr_auc"] = _per_class_ranking(y, p, classes, "pr_auc", skm.average_precision_score, undefined, notes)
-        out["log_loss"] = float(skm.log_loss(y, p, labels=labels))
-        out["brier"] = float(skm.brier_score_loss(y, p, labels=labels, scale_by_half=False))
-        if n_classes == 2:
-            out["brier_positive"] = float(skm.brier_score_loss(y, p[:, 1], pos_label=1, labels=labels))
-    out["ece"] = expected_calibration_error(y, p, DEFAULT_N_BINS)
+        out: dict = {"n": int(n), "classes": classes, "task": "binary" if n_classes == 2 else "multiclass", "threshold": threshold}
+        for info in list_metrics():
+            if info.binary_only and n_classes != 2:
+                continue
+            if info.compute is not None:
+                out[info.name] = float(info.compute(y, p, pred, labels))
+            elif info.name == "roc_auc":
+                auc, out["roc_auc"] = _per_class_ranking(y, p, classes, "roc_auc", skm.roc_auc_score, undefined, notes)
+            elif info.name == "pr_auc":
+                ap, out["pr_auc"] = _per_class_ranking(y, p, classes, "pr_auc", skm.average_precision_score, undefined, notes)
 
     absent = [classes[c] for c in labels if support[c] == 0]
     if absent:

@@ -23,10 +23,11 @@ import pandas as pd
 from .. import paths, runs
 from .._io import read_json
 from ..errors import MedcliError
+from ..evaluation.metrics import list_metrics
 
-#: Scalar metrics carried into the tables, ``summary.csv`` and ``summary.json`` (binary tasks add the last two).
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "mcc", "roc_auc", "pr_auc", "log_loss", "brier", "ece",
-           "sensitivity", "specificity")
+#: Scalar metrics carried into the tables, ``summary.csv`` and ``summary.json``: the metric registry's
+#: ``report`` entries (:mod:`medcli.evaluation.metrics`; binary tasks add sensitivity and specificity).
+METRICS = tuple(m.name for m in list_metrics() if m.report)
 
 #: Where the validation metrics of a run came from.
 VAL_FROM_METRICS = "metrics/val.json"

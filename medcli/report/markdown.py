@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from ..evaluation.metrics import list_metrics
 from .summary import LOWER_IS_BETTER
 
-LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1", "mcc": "MCC",
-          "roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "log_loss": "log-loss", "brier": "Brier score", "ece": "ECE"}
+LABELS = {m.name: m.label for m in list_metrics()}
 
 
 def metric_label(name: str) -> str:

@@ -29,13 +29,14 @@ import pandas as pd
 
 from .. import paths
 from ..errors import MedcliError
+from ..evaluation.metrics import list_metrics
 from .collect import VAL_FROM_METRICS, EnsembleOutput, Run, read_probabilities
 from .stats import MIN_PAIRED_RESULTS, corrected_resampled_ttest, holm, mean_sd, paired_differences
 
 #: The CV columns of every table (the primary metric is put first when it is not one of them).
 CV_COLUMNS = ("balanced_accuracy", "macro_f1", "roc_auc", "ece")
-LOWER_IS_BETTER = frozenset({"ece", "log_loss", "brier"})
-PRIMARY_CHOICES = ("accuracy", "balanced_accuracy", "macro_f1", "mcc", "roc_auc", "pr_auc", "log_loss", "brier", "ece")
+LOWER_IS_BETTER = frozenset(m.name for m in list_metrics() if m.lower_is_better)
+PRIMARY_CHOICES = tuple(m.name for m in list_metrics() if m.primary)
 #: Training settings that should agree between the configurations of one comparison.
 PROTOCOL_KEYS = ("epochs", "img_size", "channels", "resize", "batch_size", "optimizer", "weight_decay", "monitor",
                  "patience", "augment", "class_weights", "label_smoothing", "head", "precision")
