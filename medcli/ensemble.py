@@ -6,7 +6,7 @@ A *member* is one configuration (backbone × strategy) of one dataset and seed:
   the development pool exactly once (``predictions/val.csv`` of each fold run);
 * its test predictions are its **fold ensemble**: the average of the K fold models' test probabilities.
 
-Methods (registry, :data:`METHODS`): ``mean`` (probability average), ``weighted`` (non-negative weights summing
+Methods (a :class:`~medcli.registry.Registry`: :func:`register_method`, :func:`list_methods`): ``mean`` (probability average), ``weighted`` (non-negative weights summing
 to 1 that minimise OOF log-loss), ``vote`` (majority vote, ties broken by the mean probability), ``stacking``
 (multinomial logistic regression on the members' OOF log-probabilities, its regularisation chosen by an inner
 stratified cross-validation) and ``greedy`` (Caruana et al. 2004 forward selection with replacement on OOF
@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import MedcliError
+from .registry import Registry
 
 _EPS = 1e-12
 
@@ -149,20 +150,27 @@ def fit_greedy(oof: list[np.ndarray], y: np.ndarray, names: list[str], seed: int
     return Fitted("greedy", names, weights=w.tolist(), selected=[names[k] for k in picks], combine=weighted_average(w), details={"oof_log_loss": best_loss})
 
 
-METHODS: dict[str, Callable[..., Fitted]] = {
-    "mean": fit_mean,
-    "weighted": fit_weighted,
-    "vote": fit_vote,
-    "stacking": fit_stacking,
-    "greedy": fit_greedy,
-}
+_METHODS: Registry[Callable[..., Fitted]] = Registry("ensemble method", sort=False)  # listed in registration order
+
+
+def register_method(name: str, fit: Callable[..., Fitted], *, overwrite: bool = False) -> Callable[..., Fitted]:
+    """Add an ensemble method: ``fit(oof, y, names, seed=0) -> Fitted``, fitted on out-of-fold predictions only."""
+    return _METHODS.add(name, fit, overwrite=overwrite)
+
+
+def list_methods() -> list[str]:
+    return _METHODS.names()
 
 
 def get_method(name: str) -> Callable[..., Fitted]:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise MedcliError(f"unknown ensemble method {name!r}: choose one of {', '.join(METHODS)}") from None
+    return _METHODS.get(name)
+
+
+for _name, _fit in (("mean", fit_mean), ("weighted", fit_weighted), ("vote", fit_vote), ("stacking", fit_stacking), ("greedy", fit_greedy)):
+    register_method(_name, _fit)
+
+#: The registered method names (registration order).
+METHODS = tuple(list_methods())
 
 
 def fit_ensemble(method: str, members: list[Member], y_oof: np.ndarray, seed: int = 0) -> Fitted:
@@ -263,7 +271,7 @@ def build_ensemble(results, dataset: str, members: list[str], method: str, seed:
         dataset: the dataset's name in the results layout; its ``splits.json`` gives the classes and the folds.
         members: configurations ``<backbone>__<strategy>``; every fold run of each needs ``predictions/val.csv``
             (``medcli train``) and ``predictions/test.csv`` (``medcli eval``).
-        method: one of :data:`METHODS`.
+        method: a registered method (:func:`list_methods`).
         seed: the seed whose runs are combined (also seeds the stacker's inner CV and the bootstrap).
         name: the ensemble's name (folder ``ensembles/<name>__<method>/seed-<s>/``).
         n_bootstrap: bootstrap resamples for the test intervals (0: none).

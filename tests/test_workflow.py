@@ -140,6 +140,14 @@ def test_config_schema_offers_every_registered_cam_method():
     assert schema["properties"]["gradcam"]["properties"]["method"]["enum"] == list_methods()
 
 
+def test_config_schema_offers_every_registered_ensemble_method():
+    from medcli.ensemble import list_methods
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    methods = schema["properties"]["ensembles"]["additionalProperties"]["properties"]["methods"]["items"]["enum"]
+    assert methods == list_methods()
+
+
 def test_big_grid_dry_run_is_quick(tmp_path):
     config = yaml.safe_load(TINY.read_text())
     config["datasets"] = {"a": {"path": str(tmp_path / "a"), "folds": 5}, "b": {"path": str(tmp_path / "b"), "folds": 5}}
