@@ -311,6 +311,7 @@ def test_cli_train_by_hand_and_offline_imagenet_error(dataset, tmp_path, monkeyp
     assert "medcli weights download resnet18" in res.output
 
 
+@pytest.mark.slow
 def test_two_processes_with_torchrun_write_one_set_of_outputs(dataset, tmp_path):
     """Data-parallel training on the CPU (gloo): the same code path as several GPUs."""
     import os
@@ -339,6 +340,7 @@ def test_two_processes_with_torchrun_write_one_set_of_outputs(dataset, tmp_path)
     assert len(rows) == config["summary"]["n_val"] and len({r["id"] for r in rows}) == len(rows)
 
 
+@pytest.mark.slow
 def test_compile_trains_the_same_model(dataset, tmp_path, monkeypatch):
     """--compile runs the model through torch.compile; the numbers are those of the eager run."""
     eager = train(_cfg(dataset, tmp_path / "eager", epochs=1))
