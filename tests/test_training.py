@@ -296,7 +296,9 @@ def test_cli_train_by_hand_and_offline_imagenet_error(dataset, tmp_path, monkeyp
     res = runner.invoke(app, ["train", "--data", str(data), "--backbone", "customcnn", "--strategy", "scratch", "--epochs", "1", "--img-size", "32"])
     assert res.exit_code == 0, res.output
     run = Path(paths.run_dir("results", "d", "customcnn", "scratch", 0, 0))
-    assert (run / "model.pt").exists() and "run folder" in res.output
+    assert "run folder" in res.output
+    _, meta = load_model(run / "model.pt")
+    assert meta["classes"] == ["disk", "square", "triangle"]
     assert Path("results/d/splits.json").exists()  # made from the dataset's own train/val split
 
     import urllib.request

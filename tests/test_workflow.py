@@ -148,7 +148,10 @@ def test_tiny_workflow_runs_locally_and_resumes_nothing_twice(tmp_path):
     summary = (tmp_path / "results" / "summary.md").read_text()
     assert "customcnn" in summary
     run = Path(tmp_path, paths.run_dir("results", "tiny", "customcnn", "scratch", 0, 1))
-    assert (run / "metrics" / "test.json").exists()
+    test_metrics = yaml.safe_load((run / "metrics" / "test.json").read_text())  # JSON is YAML
+    test_rows = (run / "predictions" / "test.csv").read_text().splitlines()[1:]
+    assert test_metrics["format"] == "medcli.metrics/1" and test_metrics["n"] == len(test_rows) > 0
+    assert 0 <= test_metrics["metrics"]["balanced_accuracy"] <= 1
     assert list((tmp_path / "logs" / "train" / "tiny").rglob("*.log"))
     cams = Path(tmp_path, paths.run_dir("results", "tiny", "customcnn", "scratch", 0, 0))
     assert Path(paths.gradcam_index_file(cams, "test")).is_file()
