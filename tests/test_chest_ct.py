@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from medcli.cli import app
@@ -11,6 +12,7 @@ from medcli.cli import app
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_inspect_and_split_real_chest_ct(chest_ct, tmp_path):
     res = runner.invoke(app, ["data", "inspect", str(chest_ct), "--json", str(tmp_path / "r.json")])
     assert res.exit_code == 0, res.output

@@ -11,18 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from typer.testing import CliRunner
 
 from medcli import paths
 from medcli.cli import app
 from medcli.data.store import open_store
 from medcli.models import create_model, load_model
+from medcli.preprocess import to_model_input
 from medcli.strategies import build_plan, list_strategies
 from medcli.training import features as features_mod
 from medcli.training import loop as loop_mod
 from medcli.training import resume as resume_mod
 from medcli.training import resolve, train
-from medcli.training.batches import to_model_input
 
 from .test_training import _cfg, _history, dataset  # noqa: F401  (dataset is a fixture)
 
@@ -189,8 +190,11 @@ def test_only_plans_that_train_the_head_alone_can_use_the_cache(strategy):
     assert features_mod.trains_head_only(model, plan) == (strategy == "linear")
 
 
-def test_killed_cached_run_resumes_to_the_same_result(dataset, tmp_path, weights, monkeypatch):  # noqa: F811
+def test_killed_cached_run_resumes_to_the_same_result(dataset, tmp_path, weights, monkeypatch, request):  # noqa: F811
+    steps: list[int] = []  # optimizer steps, counted through torch's global hook
+    request.addfinalizer(register_optimizer_step_post_hook(lambda *a: steps.append(1)).remove)
     whole = train(_linear(dataset, tmp_path / "whole", weights, epochs=2, head="mlp", hidden=16))
+    whole_steps = len(steps)
     real_save = loop_mod.save_checkpoint
 
     def save_then_die(path, cfg, epoch, *args, **kwargs):
@@ -210,7 +214,9 @@ def test_killed_cached_run_resumes_to_the_same_result(dataset, tmp_path, weights
     assert state["trunk_sha256"] == features_mod.trunk_fingerprint(create_model("resnet18", 3, in_channels=1, weights=weights).trunk)
     assert resume_mod.load_checkpoint(ckpt, resolved, "other weights") is None  # another trunk: start over
     monkeypatch.setattr(loop_mod, "save_checkpoint", real_save)
+    steps.clear()
     resumed = train(cfg)
+    assert 2 * len(steps) == whole_steps > 0  # it trained epoch 2 only: resumed, not started over
     assert resumed["feature_cache"]["used"] and not resumed["feature_cache"]["built"]
     assert _history(resumed["out"]) == _history(whole["out"])
     wa, wb = _state(resumed["out"]), _state(whole["out"])

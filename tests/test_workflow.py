@@ -32,6 +32,7 @@ def _demo() -> dict:
     return yaml.safe_load((REPO / "config.yaml").read_text())
 
 
+@pytest.mark.slow
 def test_demo_config_dry_run_builds_the_whole_dag(tmp_path):
     proc = _snakemake(tmp_path, "-n", "--cores", "2", config=_demo())
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -50,6 +51,7 @@ def test_demo_config_dry_run_builds_the_whole_dag(tmp_path):
         (lambda c: c["strategies"].update(finetune={}), "finetune"),
     ],
 )
+@pytest.mark.slow
 def test_config_schema_rejects_unknown_keys_and_wrong_types(tmp_path, edit, message):
     config = _demo()
     edit(config)
@@ -58,6 +60,7 @@ def test_config_schema_rejects_unknown_keys_and_wrong_types(tmp_path, edit, mess
     assert message in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_workflow_lints_clean():
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--snakefile", str(REPO / "Snakefile")], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:]
@@ -148,6 +151,7 @@ def test_config_schema_offers_every_registered_ensemble_method():
     assert methods == list_methods()
 
 
+@pytest.mark.slow
 def test_big_grid_dry_run_is_quick(tmp_path):
     config = yaml.safe_load(TINY.read_text())
     config["datasets"] = {"a": {"path": str(tmp_path / "a"), "folds": 5}, "b": {"path": str(tmp_path / "b"), "folds": 5}}
@@ -168,7 +172,10 @@ def test_tiny_workflow_runs_locally_and_resumes_nothing_twice(tmp_path):
     summary = (tmp_path / "results" / "summary.md").read_text()
     assert "customcnn" in summary
     run = Path(tmp_path, paths.run_dir("results", "tiny", "customcnn", "scratch", 0, 1))
-    assert (run / "metrics" / "test.json").exists()
+    test_metrics = yaml.safe_load((run / "metrics" / "test.json").read_text())  # JSON is YAML
+    test_rows = (run / "predictions" / "test.csv").read_text().splitlines()[1:]
+    assert test_metrics["format"] == "medcli.metrics/1" and test_metrics["n"] == len(test_rows) > 0
+    assert 0 <= test_metrics["metrics"]["balanced_accuracy"] <= 1
     assert list((tmp_path / "logs" / "train" / "tiny").rglob("*.log"))
     cams = Path(tmp_path, paths.run_dir("results", "tiny", "customcnn", "scratch", 0, 0))
     assert Path(paths.gradcam_index_file(cams, "test")).is_file()
