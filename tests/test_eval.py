@@ -45,6 +45,7 @@ def test_eval_writes_predictions_metrics_with_cis_and_figures(run):
     assert np.allclose(test[["prob_disk", "prob_square"]].sum(axis=1), 1, atol=1e-6)
     doc = json.loads(Path(paths.metrics_file(run, "test")).read_text())
     assert doc["format"] == "medcli.metrics/1" and doc["n"] == len(test)
+    assert doc["ci"]["balanced_accuracy"]["low"] is not None and doc["ci"]["balanced_accuracy"]["n_valid"] > 0
     for name, ci in doc["ci"].items():
         if ci["low"] is not None:
             assert ci["low"] - 1e-9 <= ci["estimate"] <= ci["high"] + 1e-9, name
@@ -126,10 +127,16 @@ def test_tta_changes_probabilities_not_the_format(run):
 def test_external_validation_maps_classes_and_keeps_results_apart(run, tmp_path):
     other = make_synthetic(tmp_path / "other", n_classes=2, per_class=8, size=32, seed=5)
     (other / "disk").rename(other / "disk_external.site")
+    own_test = Path(paths.metrics_file(run, "test"))
+    before = own_test.read_bytes() if own_test.exists() else None
     results = evaluate_run(run, data=other, name="site-b", n_bootstrap=50)
     doc = results["site-b"]
     assert doc["external"]["class_mapping"]["disk_external.site"] == "disk" and doc["n"] == 16
-    assert (run / "external" / "site-b" / "metrics.json").exists() and (run / "external" / "site-b" / "predictions.csv").exists()
+    written = json.loads(Path(paths.external_metrics_file(run, "site-b")).read_text())
+    assert written["n"] == 16 and written["external"]["class_mapping"]["disk_external.site"] == "disk"
+    external = pd.read_csv(paths.external_predictions_file(run, "site-b"), dtype={"id": str})
+    assert len(external) == 16 and set(external["label"]) == {"disk", "square"}
+    assert (own_test.read_bytes() if own_test.exists() else None) == before  # the run's own test results are kept apart
     (other / "square").rename(other / "box")
     aliased = evaluate_run(run, data=other, name="site-c", aliases={"box": "square"}, n_bootstrap=0, figures=False)["site-c"]
     assert aliased["external"]["class_mapping"] == {"box": "square", "disk_external.site": "disk"}
