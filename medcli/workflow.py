@@ -109,6 +109,7 @@ def train_settings(config: dict, cell: Cell) -> dict[str, Any]:
                                 (f"backbones.{cell.backbone}", (config.get("backbones") or {}).get(cell.backbone)),
                                 (f"strategies.{cell.strategy}", (config.get("strategies") or {}).get(cell.strategy))))
     settings.update(layout=spec.get("layout", "auto"), aliases=dict(spec.get("aliases") or {}), skip_bad=bool(spec.get("skip_bad", False)))
+    settings.update({key: spec[key] for key in DATASET_READING if spec.get(key) is not None and spec.get(key) is not False})
     settings.update(backbone=cell.backbone, strategy=cell.strategy, seed=cell.seed, fold=cell.fold)
     return settings
 
@@ -143,12 +144,20 @@ def job_settings(settings: dict[str, Any], *, data: str, name: str, weights: str
     return json.dumps(body, sort_keys=True)
 
 
+#: Dataset keys that are also training settings (how images are decoded, how splits are made), passed on when set.
+DATASET_READING = ("window", "frame", "group_by", "allow_missing_classes")
+
+
 def dataset_args(config: dict, dataset: str) -> str:
-    """``medcli data inspect`` / ``medcli split`` options that say how to read a dataset (layout, class aliases)."""
+    """``medcli data inspect`` / ``medcli split`` options that say how to read a dataset (layout, aliases, window, frame)."""
     spec = config["datasets"][dataset]
     args = [f"--layout {spec.get('layout', 'auto')}"]
     for raw, canonical in sorted((spec.get("aliases") or {}).items()):
         args.append(f"--alias {_quote(f'{raw}={canonical}')}")
+    if spec.get("window") is not None:
+        args.append(f"--window {_quote(spec['window'])}")
+    if spec.get("frame") is not None:
+        args.append(f"--frame {int(spec['frame'])}")
     return " ".join(args)
 
 
@@ -191,6 +200,10 @@ def split_args(config: dict, dataset: str) -> str:
         args.append("--drop-test-duplicates")
     if spec.get("skip_bad"):
         args.append("--skip-bad")
+    if spec.get("group_by"):
+        args.append(f"--group-by {_quote(spec['group_by'])}")
+    if spec.get("allow_missing_classes"):
+        args.append("--allow-missing-classes")
     return " ".join(args)
 
 

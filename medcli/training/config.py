@@ -86,6 +86,16 @@ class TrainConfig:
                                  default_text="results/<dataset>/splits.json, made from the dataset's own train/val split if missing")
     fold: int = setting(0, "Which fold of the splits to train.", DATA, workflow="grid", minimum=0)
     skip_bad: bool = setting(False, "When splits are made here: leave unreadable files out.", DATA, workflow="dataset")
+    group_by: str | None = setting(None, "When splits are made here: keep each DICOM patient or study in one fold (identifiers "
+                                   "are stored as salted hashes only).", DATA, workflow="dataset", choices=("patient", "study"),
+                                   default_text="the manifest's group column, else none")
+    allow_missing_classes: bool = setting(False, "When splits are made here: accept folds whose training or validation part lacks "
+                                          "a class (their scores are biased; refused by default).", DATA, workflow="dataset")
+    window: str | None = setting(None, "DICOM window: a preset (lung, mediastinum, bone, brain) or CENTRE,WIDTH in modality units "
+                                 "(Hounsfield units for CT).", DATA, workflow="dataset",
+                                 default_text="the file's own VOI LUT or window, else its full range")
+    frame: int | None = setting(None, "Frame of multi-frame files (DICOM, TIFF pages, GIF/WebP frames), 0-based.", DATA,
+                                workflow="dataset", minimum=0, default_text="multi-frame files are refused")
     img_size: int | None = setting(None, "Input size in pixels.", DATA, minimum=8, default_text="the backbone's")
     channels: int = setting(3, "Input channels: 1 (grayscale) or 3 (RGB).", DATA, choices=(1, 3))
     resize: str = setting("squash", "How images are brought to the input size.", DATA, choices=RESIZE_MODES)
