@@ -279,3 +279,22 @@ def test_group_by_errors_name_the_file_and_tag_never_the_value(tmp_path):
         load_dataset(tmp_path / "p", group_by="patient")
     with pytest.raises(MedcliError, match="--group-by 'series'"):
         load_dataset(root, group_by="series")
+
+
+def test_the_files_voi_lut_wins_over_its_window(tmp_path):
+    from pydicom.dataset import Dataset as DicomDataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(shipped("MR_small.dcm"))  # also has WC 600 / WW 1600
+    item = DicomDataset()
+    item.LUTDescriptor = [256, 0, 16]  # 256 entries for inputs 0..255, 16-bit output
+    item.add_new("LUTData", "US", [int(v) for v in np.linspace(0, 4095, 256).round()])
+    ds.VOILUTSequence = Sequence([item])
+    path = tmp_path / "voilut.dcm"
+    ds.save_as(path)
+    img, facts = read_dicom(path)
+    assert facts.window == "file VOI LUT"
+    lut = np.asarray(item.LUTData, np.float64)
+    stored = _modality("MR_small.dcm")
+    expected = np.round(lut[np.clip(stored, 0, 255).astype(int)] / 4095 * 255).astype(np.uint8)
+    assert np.array_equal(np.asarray(img), expected)
