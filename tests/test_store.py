@@ -53,7 +53,7 @@ def test_changed_file_size_or_settings_invalidate(tmp_path):
 def test_parallel_workers_give_identical_store(tmp_path):
     root = make_synthetic(tmp_path / "d", per_class=70, size=32)  # 210 images: above the in-process cutoff
     ds = load_dataset(root)
-    serial = store_mod._decode_chunk((ds.samples, StoreSettings(img_size=16, channels=1)))
+    serial = store_mod._decode_chunk((ds.samples, StoreSettings(img_size=16, channels=1), ds.decode))
     st = materialize(ds, StoreSettings(img_size=16, channels=1), workers=2)
     assert np.array_equal(np.asarray(st.images), serial)
 

@@ -1,7 +1,8 @@
 """The data stage: index datasets in any common layout, decode and check every image, find duplicates,
 materialize decoded images into a uint8 store, and make synthetic datasets.
 
-Submodules: ``layouts`` (indexing), ``classes`` (class-name reconciliation), ``decode`` (image modes),
+Submodules: ``layouts`` (indexing), ``classes`` (class-name reconciliation), ``decode`` (image modes, decode
+options), ``dicom`` (the DICOM pixel pipeline and window presets),
 ``scan`` (per-file checks and hashes, cached), ``duplicates`` (exact/near duplicate search), ``inspect``
 (the report), ``store`` (materialized images), ``synth`` (synthetic data).
 """
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 import os
 
+from .decode import DecodeOptions
 from .duplicates import DEFAULT_NEAR_THRESHOLD
-from .layouts import LAYOUTS, Dataset, Sample, load_dataset
-from .scan import ScanRecord, require_readable, scan_dataset
+from .layouts import GROUP_BY, LAYOUTS, Dataset, Sample, load_dataset
+from .scan import ScanRecord, load_image, require_readable, scan_dataset
 
 __all__ = [
-    "DEFAULT_NEAR_THRESHOLD", "LAYOUTS", "Dataset", "Sample", "ScanRecord",
-    "inspect_data", "load_dataset", "require_readable", "scan_dataset",
+    "DEFAULT_NEAR_THRESHOLD", "GROUP_BY", "LAYOUTS", "Dataset", "DecodeOptions", "Sample", "ScanRecord",
+    "inspect_data", "load_dataset", "load_image", "require_readable", "scan_dataset",
 ]
 
 
@@ -28,10 +30,12 @@ def inspect_data(
     near_threshold: int = DEFAULT_NEAR_THRESHOLD,
     cache_dir: str | os.PathLike | None = None,
     workers: int | None = None,
+    decode: DecodeOptions | None = None,
+    group_by: str | None = None,
 ) -> dict:
     """Index, decode and check every image of the dataset at ``path``; return the inspection report."""
     from .inspect import build_report, duplicates_of
 
-    dataset = load_dataset(path, layout, aliases)
+    dataset = load_dataset(path, layout, aliases, decode=decode, group_by=group_by, cache_dir=cache_dir)
     records = scan_dataset(dataset, cache_dir, workers)
     return build_report(dataset, records, duplicates_of(dataset, records, near_threshold))

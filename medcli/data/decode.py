@@ -1,4 +1,12 @@
-"""Decode any image file to a consistent uint8 array.
+"""Decode any image file to a consistent uint8 array, as a viewer shows it.
+
+Before anything else (hashes, duplicate search, the image store) a picture is put the way a viewer shows it:
+    * the EXIF Orientation tag (0x0112) is applied (``PIL.ImageOps.exif_transpose``): a phone photo stored
+      sideways decodes upright;
+    * a file holding several frames (TIFF pages, GIF/WebP/APNG frames, multi-frame DICOM) is refused with
+      :class:`MultiFrameError` unless the dataset's :class:`DecodeOptions` names a ``frame`` (0-based); it is never
+      silently reduced to its first frame. MPO files (phone JPEGs with an embedded preview, CIPA DC-007) are
+      read as their first, primary image, as viewers do.
 
 Every PIL mode ends as ``L`` (grayscale) or ``RGB``:
     * 16/32-bit integer and float images (``I;16``, ``I``, ``F``) are min-max scaled per image to 0..255;
@@ -14,9 +22,12 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
+
+from ..errors import MedcliError
 
 Image.MAX_IMAGE_PIXELS = 20000 * 20000  # medical images can be large; still guard against decompression bombs
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -24,7 +35,7 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 RESIZE_MODES = ("squash", "pad", "crop")
 INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC, "nearest": Image.Resampling.NEAREST}
 _EXT_FORMATS = {
-    ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
+    ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".jfif": "JPEG", ".jpe": "JPEG", ".dcm": "DICOM", ".dicom": "DICOM", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
     ".gif": "GIF", ".webp": "WEBP", ".ppm": "PPM", ".pgm": "PPM", ".pbm": "PPM",
 }
 
@@ -33,10 +44,68 @@ class DecodeError(Exception):
     """The file is not a readable image (zero bytes, truncated, not an image at all)."""
 
 
-def open_image(path: str | os.PathLike, draft_size: int | None = None) -> tuple[Image.Image, str, str]:
+class MultiFrameError(DecodeError):
+    """The file holds several frames and no (valid) ``frame`` was chosen; ``frames`` is how many it holds."""
+
+    def __init__(self, frames: int, message: str) -> None:
+        super().__init__(message)
+        self.frames = frames
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How a dataset's files are decoded; travels with the dataset (``Dataset.decode``).
+
+    Attributes:
+        window: DICOM grayscale window: ``None`` (the file's own VOI LUT or window, else the full range), a
+            preset name (``lung``, ``mediastinum``, ``soft-tissue``, ``bone``, ``brain``, ``liver``; values and
+            source in :mod:`medcli.data.dicom`) or ``"C,W"``: centre and width in modality-LUT units (HU for CT).
+            Non-DICOM files ignore it.
+        frame: 0-based frame read from multi-frame files (DICOM, TIFF pages, GIF/WebP/APNG frames); ``None``
+            refuses them. Single-frame files are read as they are whatever ``frame`` is.
+    """
+
+    window: str | None = None
+    frame: int | None = None
+
+    def validate(self) -> "DecodeOptions":
+        """Return ``self`` if valid; otherwise raise a one-line MedcliError naming the option and the fix."""
+        if self.window is not None:
+            from .dicom import parse_window
+
+            try:
+                parse_window(self.window)
+            except ValueError as exc:
+                raise MedcliError(f"--{exc}") from None
+        if self.frame is not None and (isinstance(self.frame, bool) or not isinstance(self.frame, int) or self.frame < 0):
+            raise MedcliError(f"--frame {self.frame!r}: give a frame index 0, 1, 2, ... (0-based)")
+        return self
+
+    def key(self) -> str:
+        """What changes the pixels, as a canonical string for cache keys; ``""`` for the defaults.
+
+        Presets are resolved to their numbers (``lung`` and ``-600,1500`` give the same key). Empty for the
+        default options, so caches of datasets decoded with the defaults keep their keys.
+        """
+        parts = []
+        if self.window is not None:
+            from .dicom import parse_window
+
+            parts.append(f"window={parse_window(self.window)[0]}")
+        if self.frame is not None:
+            parts.append(f"frame={self.frame}")
+        return ";".join(parts)
+
+
+def open_image(path: str | os.PathLike, draft_size: int | None = None, frame: int | None = None) -> tuple[Image.Image, str, str]:
     """Open and fully decode ``path``; return ``(image, original_mode, format)``.
 
-    ``draft_size`` lets JPEG decoding skip detail that a later downscale would throw away (much faster).
+    The EXIF orientation is applied (see the module docstring). ``draft_size`` lets JPEG decoding skip detail
+    that a later downscale would throw away (much faster). ``frame`` picks the frame of a multi-frame file.
+
+    Raises:
+        MultiFrameError: several frames and ``frame`` is None or out of range.
+        DecodeError: empty, missing, truncated or not an image.
     """
     try:
         if os.path.getsize(path) == 0:
@@ -45,10 +114,19 @@ def open_image(path: str | os.PathLike, draft_size: int | None = None) -> tuple[
             warnings.simplefilter("ignore")
             img = Image.open(path)
             fmt = img.format or "unknown"
+            frames = getattr(img, "n_frames", 1) if fmt != "MPO" else 1
+            if frames > 1:
+                if frame is None:
+                    raise MultiFrameError(frames, f"multi-frame {fmt} with {frames} frames; medcli does not pick one silently: choose one with --frame N (0-based)")
+                if not 0 <= frame < frames:
+                    raise MultiFrameError(frames, f"--frame {frame} is out of range: this {fmt} has {frames} frames (0..{frames - 1})")
+                img.seek(frame)
             mode = img.mode
             if draft_size and fmt == "JPEG":
                 img.draft(img.mode, (draft_size, draft_size))
             img.load()
+            if img.getexif().get(0x0112, 1) in (2, 3, 4, 5, 6, 7, 8):
+                img = ImageOps.exif_transpose(img)
     except DecodeError:
         raise
     except FileNotFoundError:
@@ -56,6 +134,70 @@ def open_image(path: str | os.PathLike, draft_size: int | None = None) -> tuple[
     except Exception as exc:  # PIL raises many types for broken files
         raise DecodeError(f"{type(exc).__name__}: {exc}") from None
     return img, mode, fmt
+
+
+def sniff_format(path: str | os.PathLike) -> str | None:
+    """The image format of ``path`` read from its first bytes, or None when it is not an image.
+
+    ``"DICOM"`` for a DICOM Part 10 file (preamble + ``DICM``), else PIL's format name from the header
+    (``Image.open`` parses only the header; nothing is decoded). Unreadable files give None.
+    """
+    from .dicom import is_dicom_file
+
+    try:
+        if os.path.getsize(path) == 0:
+            return None
+    except OSError:
+        return None
+    if is_dicom_file(path):
+        return "DICOM"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                return img.format or None
+    except Exception:
+        return None
+
+
+def array_to_image(arr: np.ndarray) -> tuple[Image.Image, str]:
+    """One image of an array archive as an ``L``/``RGB`` PIL image; return ``(image, original dtype)``.
+
+    ``arr`` is ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)`` (channels last). Rules, per image:
+        * uint8: as is;
+        * bool and every other integer dtype: min-max scaled to 0..255, as 16-bit image files are
+          (:func:`normalize_mode`; a constant image becomes 0);
+        * float: values already in [0, 1] are multiplied by 255 (the common convention for normalised images,
+          which keeps brightness comparable between images); any other range is min-max scaled.
+    Values are rounded, never truncated. RGB arrays are scaled with one range over all three channels.
+
+    Raises:
+        DecodeError: NaN or infinite values, or a dtype that is not a number.
+    """
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] != 3):
+        raise DecodeError(f"array image of shape {arr.shape}: expected (H, W), (H, W, 1) or (H, W, 3)")
+    dtype = str(arr.dtype)
+    if arr.dtype != np.uint8:
+        if arr.dtype.kind == "f":
+            if not np.isfinite(arr).all():
+                raise DecodeError(f"array image ({dtype}) holds NaN or infinite values")
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = np.round(arr.astype(np.float64) * 255.0).astype(np.uint8) if lo >= 0.0 and hi <= 1.0 else _minmax_uint8(arr)
+        elif arr.dtype.kind in "biu":
+            arr = _minmax_uint8(arr)
+        else:
+            raise DecodeError(f"array images of dtype {dtype} are not numbers")
+    return Image.fromarray(np.ascontiguousarray(arr), "L" if arr.ndim == 2 else "RGB"), dtype
+
+
+def _minmax_uint8(arr: np.ndarray) -> np.ndarray:
+    """Per-image min-max scaling to 0..255 (rounded); a constant image becomes 0."""
+    arr = np.asarray(arr, dtype=np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    return np.zeros(arr.shape, np.uint8) if hi <= lo else np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
 def extension_lies(path: str | os.PathLike, fmt: str) -> bool:
@@ -70,10 +212,7 @@ def normalize_mode(img: Image.Image) -> Image.Image:
     if mode in ("L", "RGB"):
         return img
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        scaled = np.zeros(arr.shape, np.uint8) if hi <= lo else np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
-        return Image.fromarray(scaled, "L")
+        return Image.fromarray(_minmax_uint8(np.asarray(img)), "L")
     if mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
         mode = "RGBA"

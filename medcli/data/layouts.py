@@ -6,25 +6,51 @@ Layouts:
     ``csv``          a manifest ``path,label[,group][,split]`` (paths relative to the CSV file)
     ``npz``          MedMNIST-style arrays ``train_images, train_labels, val_*, test_*``
 
-Indexing only lists files and their sizes; it decodes nothing (see :mod:`medcli.data.scan`).
+Files are found by content, not by name: in a class folder, files with an image or DICOM extension are taken
+(a broken one is reported unreadable by the scan), known non-image files (``.txt``, ``.csv``, ``.json``,
+``Thumbs.db``, ``.DS_Store``, hidden files, ...) are ignored, and every other file (``.jfif``, no extension, a
+DICOM without ``.dcm``) is taken when its first bytes are an image header or the DICOM preamble
+(:func:`medcli.data.decode.sniff_format`). Ignored files, files that are not images and symbolic links that were
+not followed (dangling, or leading to a folder already read: a cycle) are listed in ``Dataset.notes``. Symlinked
+folders inside a class folder are followed.
+
+Indexing lists files and their sizes and sniffs the headers of files without an image extension; it decodes
+no pixels (see :mod:`medcli.data.scan`). With ``group_by`` it reads the DICOM headers (not the pixels) for the
+patient or study identifier, which is kept only as a salted keyed hash (:func:`id_salt`).
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import logging
 import os
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import MedcliError
 from .classes import SPLIT_ORDER, reconcile_classes
+from .decode import DecodeOptions
 
 log = logging.getLogger("medcli")
 
 LAYOUTS = ("imagefolder", "presplit", "csv", "npz")
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm", ".pbm"}
+GROUP_BY = ("patient", "study")
+#: Files with these extensions are always taken as images (a broken one is reported unreadable by the scan).
+IMAGE_EXTENSIONS = {
+    ".png", ".jpg", ".jpeg", ".jfif", ".jpe", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm", ".pbm",
+    ".dcm", ".dicom",
+}
+#: Files that are known not to be images: ignored (and counted in the notes) without opening them.
+NON_IMAGE_EXTENSIONS = {
+    ".txt", ".csv", ".tsv", ".json", ".xml", ".yaml", ".yml", ".md", ".rst", ".html", ".htm", ".pdf", ".log",
+    ".ini", ".cfg", ".doc", ".docx", ".xls", ".xlsx", ".zip", ".gz", ".tar", ".7z", ".py", ".ipynb", ".npy", ".npz",
+}
+NON_IMAGE_NAMES = {"thumbs.db", "desktop.ini", ".ds_store"}
+NPZ_SHAPES = "(N,H,W), (N,H,W,C) or (N,C,H,W) with C 1 or 3"
 _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test", "testing": "test"}
 
 
@@ -49,12 +75,17 @@ class Sample:
 
 @dataclass
 class Dataset:
+    """An indexed dataset. ``decode`` (how its files are decoded) travels with it to the scan, the image store
+    and Grad-CAM; ``group_by`` says the samples' groups are hashed DICOM identifiers (``patient``/``study``)."""
+
     root: Path
     layout: str
     classes: list[str]
     class_mapping: dict[str, str]
     samples: list[Sample]
     notes: list[str] = field(default_factory=list)
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
+    group_by: str | None = None
 
     @property
     def splits(self) -> list[str]:
@@ -64,11 +95,14 @@ class Dataset:
     def fingerprint(self) -> str:
         """A hash of what the dataset contains (ids, labels, splits, groups, byte sizes).
 
-        Modification times are left out on purpose: copying a dataset to a cluster keeps its fingerprint.
+        Modification times are left out on purpose: copying a dataset to a cluster keeps its fingerprint. So are
+        groups read from DICOM headers (``group_by``): they are salted hashes of the files' own content, and the
+        salt differs between machines.
         """
         h = hashlib.sha256()
         for s in sorted(self.samples, key=lambda s: s.id):
-            h.update(f"{s.id}\t{s.label}\t{s.split}\t{s.group}\t{s.size}\n".encode())
+            group = None if self.group_by else s.group
+            h.update(f"{s.id}\t{s.label}\t{s.split}\t{group}\t{s.size}\n".encode())
         return "sha256:" + h.hexdigest()
 
     def by_id(self) -> dict[str, Sample]:
@@ -95,29 +129,50 @@ def detect_layout(path: Path) -> str:
     return "imagefolder"
 
 
-def load_dataset(path: str | os.PathLike, layout: str = "auto", aliases: dict[str, str] | None = None) -> Dataset:
+def load_dataset(
+    path: str | os.PathLike,
+    layout: str = "auto",
+    aliases: dict[str, str] | None = None,
+    *,
+    decode: DecodeOptions | None = None,
+    group_by: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Dataset:
     """Index the dataset at ``path``; class names are reconciled across splits (see :mod:`.classes`).
 
-    Nothing is decoded or written: files are listed (id, path, byte size, mtime), labelled and sorted by id.
+    Nothing is decoded or written (except the identifier salt, below): files are listed (id, path, byte size,
+    mtime), labelled and sorted by id.
 
     Args:
         path: a folder (``imagefolder``: ``ROOT/<class>/<img>``; ``presplit``:
             ``ROOT/{train,val|valid|validation,test}/<class>/<img>``), a ``.csv`` manifest (``path,label[,group]
-            [,split]``, paths relative to the CSV) or a MedMNIST-style ``.npz`` (``train_images``,
-            ``train_labels``, ``val_*``, ``test_*``).
+            [,split]``, paths relative to the CSV; ``dir\\file.png`` written on Windows is read as ``dir/file.png``)
+            or a MedMNIST-style ``.npz`` (``train_images``, ``train_labels``, ``val_*``, ``test_*``; images
+            ``(N,H,W)``, ``(N,H,W,C)`` or ``(N,C,H,W)`` with C 1 or 3, any integer or float dtype).
         layout: ``auto`` (detected from ``path``) or one of the layouts above.
         aliases: ``{raw folder/label name: class name}``, applied before the automatic prefix reconciliation.
+        decode: how the files are decoded (DICOM window, frame of multi-frame files); kept as ``Dataset.decode``.
+        group_by: ``patient`` or ``study``: every sample's ``group`` (the unit a split never divides) becomes
+            ``hmac(salt, PatientID or StudyInstanceUID, sha256)[:16]`` read from its DICOM header. Identifiers
+            never leave this function in clear.
+        cache_dir: cache root holding the identifier salt ``<cache>/id-salt`` (see :func:`id_salt`).
 
     Returns:
         A :class:`Dataset`: ``samples`` (sorted by id; an id is the path relative to the root, posix, or
-        ``<split>/<index>`` in an npz), sorted ``classes``, ``class_mapping`` (raw name -> class) and ``notes``
-        (ignored files and empty folders, also logged).
+        ``<split>/<index>`` in an npz), sorted ``classes``, ``class_mapping`` (raw name -> class), ``notes``
+        (ignored files, files that are not images, links not followed, empty folders, missing manifest paths
+        with their likely cause; also logged), ``decode`` and ``group_by``.
 
     Raises:
-        MedcliError: the path is missing or of the wrong kind, an unknown layout, no images, a malformed manifest
-            or archive, a pre-split folder without ``train/``, class names that cannot be reconciled (two
-            folders of one split mapping to one class, a val/test class without a train counterpart, a bad alias).
+        MedcliError: the path is missing or of the wrong kind, an unknown layout, no images, a class folder
+            whose files are all non-images, a malformed manifest or archive (an npz image array of another shape,
+            e.g. 3-D volumes, names the key and the shape), a manifest whose files are all missing, a pre-split
+            folder without ``train/``, class names that cannot be reconciled, invalid decode options, ``group_by``
+            on non-DICOM data or a DICOM without the identifier (naming the file and the tag).
     """
+    decode = (decode or DecodeOptions()).validate()
+    if group_by is not None and group_by not in GROUP_BY:
+        raise MedcliError(f"--group-by {group_by!r}: choose one of {', '.join(GROUP_BY)}")
     root = Path(path).expanduser().resolve()
     if layout == "auto":
         layout = detect_layout(root)
@@ -128,7 +183,9 @@ def load_dataset(path: str | os.PathLike, layout: str = "auto", aliases: dict[st
         raise MedcliError(f"{root}: dataset not found")
     raw_samples, notes = loaders[layout](root)
     if not raw_samples:
-        raise MedcliError(f"{root}: no images found for layout {layout!r} (image extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise MedcliError(f"{root}: no images found for layout {layout!r} (files are recognised by content: PNG, JPEG, TIFF, BMP, GIF, WebP, PPM, DICOM, ...)")
+    if group_by is not None:
+        raw_samples = _group_by_identifier(root, layout, raw_samples, group_by, cache_dir, notes)
 
     names_by_split: dict[str | None, set[str]] = {}
     for s in raw_samples:
@@ -137,12 +194,83 @@ def load_dataset(path: str | os.PathLike, layout: str = "auto", aliases: dict[st
     samples = [_with_label(s, mapping[s.raw_label]) for s in raw_samples]
     samples.sort(key=lambda s: s.id)
     classes = sorted({s.label for s in samples})
-    dataset = Dataset(root=root, layout=layout, classes=classes, class_mapping=mapping, samples=samples, notes=notes)
+    dataset = Dataset(root=root, layout=layout, classes=classes, class_mapping=mapping, samples=samples, notes=notes,
+                      decode=decode, group_by=group_by)
     for raw, canonical in dataset.renamed_classes().items():
         log.info("class %r -> %r", raw, canonical)
     for note in notes:
         log.warning("%s", note)
     return dataset
+
+
+def id_salt(cache_dir: str | os.PathLike | None = None) -> bytes:
+    """The secret salt of identifier hashes: ``$MEDCLI_ID_SALT`` if set, else ``<cache>/id-salt``.
+
+    The file is created once (32 random bytes as hex, mode 0600, written atomically so concurrent jobs agree)
+    and reused. Keep it (or the variable) private and stable: the same salt gives the same groups, so splits
+    made on one machine can be re-made on another only with the same salt. An unsalted hash of a PatientID
+    can be reversed by enumeration (see DICOM PS3.15 Annex E for de-identification).
+    """
+    import secrets
+
+    env = os.environ.get("MEDCLI_ID_SALT")
+    if env:
+        return env.encode()
+    from ..paths import default_cache_dir
+
+    path = Path(cache_dir) if cache_dir else default_cache_dir()
+    file = path / "id-salt"
+    if not file.exists():
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            tmp = path / f".id-salt.tmp-{os.getpid()}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, secrets.token_hex(32).encode())
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, file)  # atomic; a concurrent creator that won keeps its salt
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+        except OSError as exc:
+            raise MedcliError(f"{file}: cannot create the identifier salt ({exc.strerror}); set MEDCLI_ID_SALT or --cache-dir") from None
+    try:
+        salt = file.read_bytes().strip()
+    except OSError as exc:
+        raise MedcliError(f"{file}: cannot read the identifier salt ({exc.strerror}); set MEDCLI_ID_SALT") from None
+    if not salt:
+        raise MedcliError(f"{file}: the identifier salt is empty; delete the file to make a new one")
+    return salt
+
+
+def hash_identifier(value: str, salt: bytes) -> str:
+    """``hmac.new(salt, value, sha256).hexdigest()[:16]``: the only form in which an identifier is kept."""
+    return hmac.new(salt, value.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def _group_by_identifier(root: Path, layout: str, samples: list[Sample], group_by: str, cache_dir, notes: list[str]) -> list[Sample]:
+    from .decode import DecodeError
+    from .dicom import IDENTIFIERS, is_dicom_file, read_identifier
+
+    keyword, tag = IDENTIFIERS[group_by]
+    if layout == "npz":
+        raise MedcliError(f"--group-by {group_by} reads the DICOM {keyword} {tag}, but {root} is an npz archive; give groups in a CSV manifest's group column instead")
+    salt = id_salt(cache_dir)
+    out = []
+    for s in samples:
+        if not is_dicom_file(s.path):
+            raise MedcliError(f"--group-by {group_by} reads the DICOM {keyword} {tag}, but {s.path} is not a DICOM file; give groups in a CSV manifest's group column instead")
+        try:
+            value = read_identifier(s.path, group_by)
+        except DecodeError as exc:
+            raise MedcliError(f"{s.path}: {exc}") from None
+        out.append(Sample(s.id, s.path, s.label, s.raw_label, s.split, hash_identifier(value, salt), s.size, s.mtime_ns, s.npz_index))
+    if any(s.group for s in samples):
+        notes.append(f"--group-by {group_by}: the manifest's group column is replaced by the hashed DICOM {keyword}")
+    return out
 
 
 def _with_label(s: Sample, label: str) -> Sample:
@@ -157,32 +285,91 @@ def _stat(path: Path) -> tuple[int, int]:
         return -1, 0
 
 
+def _walk(folder: Path, root: Path, notes: list[str], ignored: Counter) -> list[Path]:
+    """Every regular file below ``folder`` (sorted), following symlinked folders once each (cycle guard on real
+    paths); hidden entries are counted in ``ignored``, dangling links and links to a folder already read are
+    noted."""
+    files: list[Path] = []
+    seen = {os.path.realpath(folder)}
+
+    def rel(p: Path) -> str:
+        try:
+            return p.relative_to(root).as_posix()
+        except ValueError:
+            return str(p)
+
+    def visit(d: Path) -> None:
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as exc:
+            notes.append(f"cannot list folder {rel(d)} ({exc.strerror}); its files were left out")
+            return
+        for e in entries:
+            p = Path(e.path)
+            if e.name.startswith("."):
+                ignored["hidden" if e.name.lower() not in NON_IMAGE_NAMES else e.name] += 1
+                continue
+            try:
+                is_dir, is_file = e.is_dir(), e.is_file()
+            except OSError:
+                is_dir = is_file = False
+            if e.is_symlink() and not (is_dir or is_file):
+                notes.append(f"link {rel(p)} -> {os.readlink(p)} leads nowhere (dangling); skipped")
+                continue
+            if is_dir:
+                real = os.path.realpath(p)
+                if real in seen:
+                    notes.append(f"link {rel(p)} leads to a folder already read ({real}: a cycle or a second link); not followed")
+                    continue
+                seen.add(real)
+                visit(p)
+            elif is_file:
+                files.append(p)
+
+    visit(folder)
+    return files
+
+
 def _scan_class_dirs(root: Path, base: Path, split: str | None, notes: list[str]) -> list[Sample]:
+    from .decode import sniff_format
+
     samples: list[Sample] = []
-    ignored = 0
+    ignored: Counter = Counter()
+    not_images: list[str] = []
+    where = f"{split}/" if split else ""
     for class_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        found = 0
-        for dirpath, dirnames, filenames in os.walk(class_dir):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if name.startswith("."):
-                    continue
-                file = Path(dirpath) / name
-                if file.suffix.lower() not in IMAGE_EXTENSIONS:
-                    ignored += 1
-                    continue
-                size, mtime = _stat(file)
-                rel = file.relative_to(root).as_posix()
-                samples.append(Sample(rel, str(file), class_dir.name, class_dir.name, split, None, size, mtime))
-                found += 1
+        found, others = 0, []
+        for file in _walk(class_dir, root, notes, ignored):
+            rel = file.relative_to(root).as_posix()
+            suffix = file.suffix.lower()
+            if file.name.lower() in NON_IMAGE_NAMES or suffix in NON_IMAGE_EXTENSIONS:
+                ignored[file.name if file.name.lower() in NON_IMAGE_NAMES else suffix] += 1
+                others.append(rel)
+                continue
+            if suffix not in IMAGE_EXTENSIONS and sniff_format(file) is None:
+                not_images.append(rel)
+                others.append(rel)
+                continue
+            size, mtime = _stat(file)
+            samples.append(Sample(rel, str(file), class_dir.name, class_dir.name, split, None, size, mtime))
+            found += 1
+        if not found and others:
+            shown = ", ".join(others[:3]) + (f" (+{len(others) - 3} more)" if len(others) > 3 else "")
+            raise MedcliError(
+                f"class folder {where}{class_dir.name} holds {len(others)} file(s) but no image: {shown}; "
+                "add its images, or move the folder out of the dataset"
+            )
         if not found:
-            where = f"{split}/" if split else ""
             notes.append(f"class folder {where}{class_dir.name} has no images; ignored")
     loose = [p for p in base.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
     if loose:
         notes.append(f"{len(loose)} images directly in {base} (outside any class folder) were ignored")
     if ignored:
-        notes.append(f"{ignored} files without an image extension under {base} were ignored")
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(ignored.items()))
+        notes.append(f"{sum(ignored.values())} known non-image file(s) under {base} were ignored ({kinds})")
+    if not_images:
+        shown = ", ".join(not_images[:10]) + (f" (+{len(not_images) - 10} more)" if len(not_images) > 10 else "")
+        notes.append(f"{len(not_images)} file(s) under {base} are not images (content not recognised) and were left out: {shown}")
     return samples
 
 
@@ -224,6 +411,7 @@ def _index_csv(manifest: Path) -> tuple[list[Sample], list[str]]:
             raise MedcliError(f"{manifest}: the manifest needs a {required!r} column (columns: path,label[,group][,split]); found {columns}")
     samples: list[Sample] = []
     seen: set[str] = set()
+    missing: list[str] = []
     for lineno, row in enumerate(rows, start=2):
         row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
         rel, label = row.get("path", ""), row.get("label", "")
@@ -234,19 +422,92 @@ def _index_csv(manifest: Path) -> tuple[list[Sample], list[str]]:
             split = _SPLIT_NAMES.get(row["split"].lower())
             if split is None:
                 raise MedcliError(f"{manifest}:{lineno}: split {row['split']!r} is not one of train, val, test")
+        written = rel
+        if "\\" in rel and not (base / rel).exists():
+            rel = rel.replace("\\", "/")  # written on Windows
         file = (base / rel).resolve()
         try:
             sample_id = file.relative_to(base.resolve()).as_posix()
         except ValueError:
             sample_id = rel.replace(os.sep, "/")
         if sample_id in seen:
-            raise MedcliError(f"{manifest}:{lineno}: {rel!r} is listed twice")
+            raise MedcliError(f"{manifest}:{lineno}: {written!r} is listed twice")
         seen.add(sample_id)
         size, mtime = _stat(file)
+        if size < 0:
+            missing.append(f"line {lineno}: {written!r} ({_missing_cause(base, written, rel)})")
         samples.append(Sample(sample_id, str(file), label, label, split, row.get("group") or None, size, mtime))
     if samples and any(s.split for s in samples) and not all(s.split for s in samples):
         raise MedcliError(f"{manifest}: some rows have a split and some do not; fill the split column for every row or none")
+    if missing and len(missing) == len(samples):
+        raise MedcliError(f"{manifest}: none of the {len(samples)} listed files exists, e.g. {missing[0]}")
+    if missing:
+        shown = "; ".join(missing[:5]) + (f"; and {len(missing) - 5} more" if len(missing) > 5 else "")
+        notes.append(f"{manifest.name}: {len(missing)} listed file(s) do not exist: {shown}")
     return samples, notes
+
+
+def _missing_cause(base: Path, written: str, rel: str) -> str:
+    """The likely reason a manifest path does not exist, in a few words."""
+    if re.match(r"^([A-Za-z]:[\\/]|\\\\)", written):
+        return f"an absolute Windows path; write paths relative to the CSV's folder {base}"
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    here = base
+    for k, part in enumerate(parts):
+        if part == "..":
+            here = here.parent
+            continue
+        if (here / part).exists():
+            here = here / part
+            continue
+        try:
+            matches = [n for n in os.listdir(here) if n.casefold() == part.casefold()]
+        except OSError:
+            matches = []
+        if len(matches) == 1:
+            fixed = "/".join(parts[:k] + [matches[0]] + parts[k + 1:])
+            return f"names are case-sensitive here; did you mean {fixed!r}?"
+        if k < len(parts) - 1:
+            return f"folder {(here / part)} does not exist; paths are read relative to the CSV's folder {base}"
+        break
+    if Path(rel).exists() and not Path(rel).is_absolute():
+        return f"it exists relative to the current folder, but paths are read relative to the CSV's folder {base}"
+    return f"not found; paths are read relative to the CSV's folder {base}"
+
+
+def npz_layout(shape: tuple[int, ...]) -> str | None:
+    """``NHW``, ``NHWC`` or ``NCHW`` for an image array's shape, or None when it is none of them.
+
+    Channels last when the last axis is 1 or 3; channels first when the second axis is 1 or 3 and the last is
+    not; (N, D, H, W) volumes with D not in {1, 3} (MedMNIST-3D) and 5-D arrays are not images.
+    """
+    if len(shape) == 3:
+        return "NHW"
+    if len(shape) == 4:
+        if shape[-1] in (1, 3):
+            return "NHWC"
+        if shape[1] in (1, 3):
+            return "NCHW"
+    return None
+
+
+def _npz_header(archive: Path, data, key: str) -> tuple[tuple[int, ...], object]:
+    """Shape and dtype of ``key`` read from its .npy header (without loading the array when possible)."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with zipfile.ZipFile(archive) as z, z.open(f"{key}.npy") as fh:
+            version = np.lib.format.read_magic(fh)
+            reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if reader is not None:
+                shape, _, dtype = reader(fh)
+                return tuple(shape), np.dtype(dtype)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        pass
+    arr = data[key]
+    return tuple(arr.shape), arr.dtype
 
 
 def _index_npz(archive: Path) -> tuple[list[Sample], list[str]]:
@@ -260,9 +521,17 @@ def _index_npz(archive: Path) -> tuple[list[Sample], list[str]]:
                 if f"{prefix}_images" in keys:
                     if f"{prefix}_labels" not in keys:
                         raise MedcliError(f"{archive}: has {prefix}_images but no {prefix}_labels")
+                    shape, dtype = _npz_header(archive, data, f"{prefix}_images")
+                    if npz_layout(shape) is None:
+                        what = " (a stack of 3-D volumes?)" if len(shape) == 4 else ""
+                        raise MedcliError(f"{archive}: {prefix}_images has shape {shape}{what}; medcli reads 2-D images: {NPZ_SHAPES}")
+                    if getattr(dtype, "kind", "") not in "biuf":
+                        raise MedcliError(f"{archive}: {prefix}_images has dtype {dtype}; medcli reads integer and float images")
                     labels = np.asarray(data[f"{prefix}_labels"]).reshape(len(data[f"{prefix}_labels"]), -1)
                     if labels.shape[1] != 1:
                         raise MedcliError(f"{archive}: {prefix}_labels has {labels.shape[1]} columns; only single-label tasks are supported")
+                    if len(labels) != shape[0]:
+                        raise MedcliError(f"{archive}: {prefix}_images holds {shape[0]} images but {prefix}_labels {len(labels)} labels")
                     labels_by_split[split] = labels[:, 0]
     except (OSError, ValueError) as exc:
         raise MedcliError(f"{archive}: cannot read the .npz archive ({exc})") from None

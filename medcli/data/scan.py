@@ -1,4 +1,8 @@
-"""Decode every image once to learn what it is: readable?, format, mode, size, pixel hash, perceptual hash.
+"""Decode every image once to learn what it is: readable?, format, mode, size, pixel hash, perceptual hash,
+and for DICOM files modality, photometric interpretation, bits stored, transfer syntax, window and frames.
+
+:func:`load_image` is the one function that turns a sample into pixels (scan, image store and Grad-CAM all call
+it, with the dataset's :class:`~medcli.data.decode.DecodeOptions`).
 
 Decoding runs in worker processes with a progress bar. Results are cached per file (keyed by its size and
 modification time) under the cache directory, so ``inspect`` followed by ``split`` decodes each image once,
@@ -18,10 +22,13 @@ from .._io import write_text
 from ..errors import MedcliError
 from ..progress import track_units
 from ._parallel import chunked, default_workers, map_chunks
-from .decode import DecodeError, extension_lies, normalize_mode, open_image, perceptual_hashes, pixel_hash
-from .layouts import Dataset, Sample
+from .decode import (
+    DecodeError, DecodeOptions, MultiFrameError, array_to_image, extension_lies, normalize_mode, open_image,
+    perceptual_hashes, pixel_hash,
+)
+from .layouts import Dataset, Sample, npz_layout
 
-SCAN_VERSION = 2
+SCAN_VERSION = 3  # 3: EXIF orientation, multi-frame refusal, npz scaling, DICOM facts
 _CHUNK = 32
 _IN_PROCESS_BELOW = 200  # starting worker processes costs more than decoding a few images
 
@@ -39,20 +46,61 @@ class ScanRecord:
     pixel_hash: str | None = None
     phash: int | None = None
     phash256: str | None = None
+    # DICOM facts (None for other files); ``window`` is the window applied: "C,W", "file VOI LUT" or "full range"
+    modality: str | None = None
+    photometric: str | None = None
+    bits_stored: int | None = None
+    transfer_syntax: str | None = None
+    window: str | None = None
+    frames: int | None = None  # frames in the file (every format); None when unknown (unreadable)
 
 
-def load_image(sample: Sample):
-    """Decode one sample to a PIL image in ``L`` or ``RGB`` mode; return ``(image, original_mode, format)``."""
+@dataclass(frozen=True)
+class Decoded:
+    """One decoded sample: ``image`` (PIL, ``L`` or ``RGB``), the file's original ``mode`` (PIL mode, DICOM
+    photometric interpretation or npz dtype), ``format`` (PIL format, ``DICOM`` or ``NPZ``), ``frames`` in the
+    file, and ``dicom`` facts (None for other files)."""
+
+    image: object
+    mode: str
+    format: str
+    frames: int = 1
+    dicom: object | None = None
+
+
+def decode_sample(sample: Sample, options: DecodeOptions | None = None) -> Decoded:
+    """Decode one sample with the dataset's decode options (see :func:`load_image`).
+
+    Raises:
+        DecodeError: the file cannot be read (MultiFrameError for an unchosen or out-of-range frame).
+    """
+    options = options or DecodeOptions()
     if sample.npz_index is not None:
-        from PIL import Image
-
         arr = _npz_array(sample.path, sample.split or "train")[sample.npz_index]
-        mode = "L" if arr.ndim == 2 else "RGB"
-        if arr.ndim == 3 and arr.shape[-1] == 1:
-            arr, mode = arr[..., 0], "L"
-        return Image.fromarray(arr.astype("uint8"), mode), mode, "NPZ"
-    img, mode, fmt = open_image(sample.path)
-    return normalize_mode(img), mode, fmt
+        img, dtype = array_to_image(arr)
+        return Decoded(img, dtype, "NPZ")
+    from .dicom import is_dicom_file, read_dicom
+
+    if is_dicom_file(sample.path):
+        img, facts = read_dicom(sample.path, options.window, options.frame)
+        return Decoded(img, facts.photometric or "unknown", "DICOM", facts.frames, facts)
+    img, mode, fmt = open_image(sample.path, frame=options.frame)
+    return Decoded(normalize_mode(img), mode, fmt, getattr(img, "n_frames", 1) if fmt != "MPO" else 1)
+
+
+def load_image(sample: Sample, options: DecodeOptions | None = None):
+    """Decode one sample to a PIL image in ``L`` or ``RGB`` mode; return ``(image, original_mode, format)``.
+
+    The one decode path of medcli: pass the dataset's options (``dataset.decode``). DICOM files (found by
+    content) go through :func:`medcli.data.dicom.read_dicom`, npz rows through
+    :func:`medcli.data.decode.array_to_image` (layout from :func:`medcli.data.layouts.npz_layout`), every other
+    file through PIL with its EXIF orientation applied.
+
+    Raises:
+        DecodeError: unreadable file, or a multi-frame file without a valid ``options.frame``.
+    """
+    d = decode_sample(sample, options)
+    return d.image, d.mode, d.format
 
 
 _NPZ_CACHE: dict[tuple[str, str], object] = {}
@@ -64,43 +112,64 @@ def _npz_array(path: str, split: str):
     key = (path, split)
     if key not in _NPZ_CACHE:
         with np.load(path, allow_pickle=False) as data:
-            _NPZ_CACHE[key] = np.asarray(data[f"{split}_images"])
+            images = np.asarray(data[f"{split}_images"])
+        layout = npz_layout(images.shape)
+        if layout == "NCHW":
+            images = np.moveaxis(images, 1, -1)
+        elif layout is None:  # load_dataset refuses these; a file replaced since then
+            raise DecodeError(f"{split}_images has shape {images.shape}, not one of (N,H,W), (N,H,W,C), (N,C,H,W) with C 1 or 3")
+        _NPZ_CACHE[key] = images
     return _NPZ_CACHE[key]
 
 
-def scan_one(sample: Sample) -> ScanRecord:
+def scan_one(sample: Sample, options: DecodeOptions | None = None) -> ScanRecord:
     try:
-        img, mode, fmt = load_image(sample)
+        d = decode_sample(sample, options)
+    except MultiFrameError as exc:
+        return ScanRecord(sample.id, False, error=str(exc), frames=exc.frames)
     except DecodeError as exc:
         return ScanRecord(sample.id, False, error=str(exc))
+    img = d.image
     phash, phash256 = perceptual_hashes(img)
+    facts = d.dicom
     return ScanRecord(
         sample.id,
         True,
-        format=fmt,
-        mode=mode,
+        format=d.format,
+        mode=d.mode,
         width=img.size[0],
         height=img.size[1],
-        ext_lies=sample.npz_index is None and extension_lies(sample.path, fmt),
+        ext_lies=sample.npz_index is None and extension_lies(sample.path, d.format),
         pixel_hash=pixel_hash(img),
         phash=phash,
         phash256=phash256,
+        modality=facts.modality if facts else None,
+        photometric=facts.photometric if facts else None,
+        bits_stored=facts.bits_stored if facts else None,
+        transfer_syntax=facts.transfer_syntax if facts else None,
+        window=facts.window if facts else None,
+        frames=d.frames,
     )
 
 
-def _scan_chunk(samples: Sequence[Sample]) -> list[ScanRecord]:
-    return [scan_one(s) for s in samples]
+def _scan_chunk(args: tuple[Sequence[Sample], DecodeOptions]) -> list[ScanRecord]:
+    samples, options = args
+    return [scan_one(s, options) for s in samples]
 
 
 def _cache_file(cache_dir: Path, dataset: Dataset) -> Path:
-    key = hashlib.sha256(str(dataset.root).encode()).hexdigest()[:16]
+    # the decode options change pixels, so they pick another cache file (the defaults keep the old name)
+    key = hashlib.sha256((str(dataset.root) + dataset.decode.key()).encode()).hexdigest()[:16]
     from ..paths import scan_cache_file
 
     return Path(scan_cache_file(cache_dir, key))
 
 
 def scan_dataset(dataset: Dataset, cache_dir: str | os.PathLike | None = None, workers: int | None = None) -> dict[str, ScanRecord]:
-    """Scan every sample (reusing cached records of unchanged files); return ``{id: ScanRecord}``."""
+    """Scan every sample with ``dataset.decode`` (reusing cached records of unchanged files); return ``{id: ScanRecord}``.
+
+    Cache: ``<cache>/scan/<hash of root and decode options>.json`` (records keyed by id, size and mtime).
+    """
     from ..paths import default_cache_dir
 
     cache_path = _cache_file(Path(cache_dir) if cache_dir else default_cache_dir(), dataset)
@@ -117,7 +186,7 @@ def scan_dataset(dataset: Dataset, cache_dir: str | os.PathLike | None = None, w
         n_workers = default_workers() if workers is None else workers
         if len(todo) < _IN_PROCESS_BELOW or any(s.npz_index is not None for s in todo):
             n_workers = 1
-        chunks = chunked(todo, _CHUNK)
+        chunks = [(c, dataset.decode) for c in chunked(todo, _CHUNK)]
         for batch in track_units(map_chunks(_scan_chunk, chunks, n_workers), len(todo), "decoding images", unit="images"):
             for rec in batch:
                 records[rec.id] = rec
@@ -156,8 +225,15 @@ def bad_files(dataset: Dataset, records: dict[str, ScanRecord]) -> list[tuple[Sa
 
 
 def require_readable(dataset: Dataset, records: dict[str, ScanRecord], skip_bad: bool) -> Dataset:
-    """Stop with the full list of unreadable files, or (``skip_bad``) drop them and say how many."""
+    """Stop with the full list of unreadable files, or (``skip_bad``) drop them and say how many.
+
+    Raises:
+        MedcliError: unreadable files without ``skip_bad``; with it, a class that would lose all its images
+            (named, with its files' problems).
+    """
     import logging
+    from collections import Counter
+    from dataclasses import replace
 
     bad = bad_files(dataset, records)
     if not bad:
@@ -168,7 +244,16 @@ def require_readable(dataset: Dataset, records: dict[str, ScanRecord], skip_bad:
         raise MedcliError(
             f"{len(bad)} unreadable image file(s): {listing}{more}. Fix or remove them, or pass --skip-bad to leave them out"
         )
-    logging.getLogger("medcli").warning("--skip-bad: leaving out %d unreadable image file(s)", len(bad))
     bad_ids = {s.id for s, _ in bad}
     kept = [s for s in dataset.samples if s.id not in bad_ids]
-    return Dataset(dataset.root, dataset.layout, sorted({s.label for s in kept}), dataset.class_mapping, kept, dataset.notes)
+    left = Counter(s.label for s in kept)
+    for cls in dataset.classes:
+        if not left[cls]:
+            lost = [(s, why) for s, why in bad if s.label == cls]
+            example = f"{lost[0][0].path} ({lost[0][1]})" if lost else ""
+            raise MedcliError(
+                f"class {cls} has no readable image: all {len(lost)} of its file(s) are unreadable, e.g. {example}; "
+                "fix the files (e.g. --frame N for multi-frame files) or remove the class"
+            )
+    logging.getLogger("medcli").warning("--skip-bad: leaving out %d unreadable image file(s)", len(bad))
+    return replace(dataset, classes=sorted({s.label for s in kept}), samples=kept)

@@ -1,8 +1,9 @@
 """The decoded-image store: every image decoded and resized once into a memory-mapped uint8 array.
 
 Training and evaluation read images from here and never touch the image files again. A store is keyed by the
-exact list of files (id, path, byte size, modification time) and the decode settings (size, channels, resize
-mode, interpolation); re-running with the same inputs reuses it, any change builds a new one. Concurrent
+exact list of files (id, path, byte size, modification time), the dataset's decode options (DICOM window,
+frame; :meth:`~medcli.data.decode.DecodeOptions.key`) and the store settings (size, channels, resize mode,
+interpolation); re-running with the same inputs reuses it, any change builds a new one. Concurrent
 builders (parallel jobs on one node) are safe: each builds in a private temporary folder and the first to finish
 renames it into place.
 
@@ -25,11 +26,13 @@ from .._io import publish_dir, write_json
 from ..errors import MedcliError
 from ..progress import track_units
 from ._parallel import chunked, default_workers, map_chunks
-from .decode import RESIZE_MODES, INTERPOLATIONS, DecodeError, resize, to_channels
+from .decode import RESIZE_MODES, INTERPOLATIONS, DecodeError, DecodeOptions, resize, to_channels
 from .layouts import Dataset, Sample
 from .scan import load_image
 
-STORE_VERSION = 1
+# 2: EXIF orientation applied, multi-frame files refused, npz float/wide-integer arrays scaled (a store built by
+# version 1 may hold sideways or black images of such inputs, so none is reused)
+STORE_VERSION = 2
 _CHUNK = 32
 _IN_PROCESS_BELOW = 200
 
@@ -71,20 +74,25 @@ class ImageStore:
             raise MedcliError(f"image {exc.args[0]!r} is not in the image store {self.path}; re-run with the same dataset") from None
 
 
-def store_key(samples: Sequence[Sample], settings: StoreSettings) -> str:
+def store_key(samples: Sequence[Sample], settings: StoreSettings, decode: DecodeOptions | None = None) -> str:
+    """24 hex digits of a SHA-256 over the store version, ``settings``, the decode options (only when they are not
+    the defaults) and every sample's id, path, byte size, mtime and npz index."""
     h = hashlib.sha256()
     h.update(json.dumps({"version": STORE_VERSION, **settings.__dict__}, sort_keys=True).encode())
+    options = (decode or DecodeOptions()).key()
+    if options:
+        h.update(f"decode\0{options}\n".encode())
     for s in samples:
         h.update(f"{s.id}\0{s.path}\0{s.size}\0{s.mtime_ns}\0{s.npz_index}\n".encode())
     return h.hexdigest()[:24]
 
 
-def _decode_chunk(args: tuple[Sequence[Sample], StoreSettings]) -> np.ndarray:
-    samples, st = args
+def _decode_chunk(args: tuple[Sequence[Sample], StoreSettings, DecodeOptions]) -> np.ndarray:
+    samples, st, options = args
     out = np.empty((len(samples), st.img_size, st.img_size, st.channels), np.uint8)
     for k, s in enumerate(samples):
         try:
-            img, _, _ = load_image(s)
+            img, _, _ = load_image(s, options)
         except DecodeError as exc:
             raise MedcliError(f"{s.path}: {exc}; run `medcli data inspect` and fix the file or pass --skip-bad") from None
         img = resize(to_channels(img, st.channels), st.img_size, st.resize, st.interpolation)
@@ -114,7 +122,7 @@ def materialize(
 
     Writes ``<cache>/store/<key>/images.npy`` and ``meta.json`` (``key``, ``settings``, ``ids``) when the
     store is new; the key (:func:`store_key`) hashes every sample's id, path, byte size, mtime and npz index
-    plus the settings. The folder is built privately and renamed into place, so concurrent jobs are safe and a
+    plus the settings and ``dataset.decode`` (every image is decoded with it). The folder is built privately and renamed into place, so concurrent jobs are safe and a
     reader never sees a half-written store.
 
     Raises:
@@ -125,10 +133,10 @@ def materialize(
 
     settings.validate()
     samples = dataset.samples
-    key = store_key(samples, settings)
+    key = store_key(samples, settings, dataset.decode)
     final = Path(store_dir(Path(cache_dir) if cache_dir else default_cache_dir(), key))
     if not (final / "meta.json").exists():
-        _build(final, samples, settings, workers)
+        _build(final, samples, settings, workers, dataset.decode)
     return open_store(final)
 
 
@@ -142,7 +150,7 @@ def open_store(path: str | os.PathLike) -> ImageStore:
     return ImageStore(path, meta["key"], meta["ids"], images, StoreSettings(**meta["settings"]))
 
 
-def _build(final: Path, samples: Sequence[Sample], settings: StoreSettings, workers: int | None) -> None:
+def _build(final: Path, samples: Sequence[Sample], settings: StoreSettings, workers: int | None, decode: DecodeOptions | None = None) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -153,7 +161,7 @@ def _build(final: Path, samples: Sequence[Sample], settings: StoreSettings, work
         n_workers = default_workers() if workers is None else workers
         if len(samples) < _IN_PROCESS_BELOW or any(s.npz_index is not None for s in samples):
             n_workers = 1
-        chunks = [(c, settings) for c in chunked(list(samples), _CHUNK)]
+        chunks = [(c, settings, decode or DecodeOptions()) for c in chunked(list(samples), _CHUNK)]
         row = 0
         desc = f"materializing {settings.img_size}px images"
         for block in track_units(map_chunks(_decode_chunk, chunks, n_workers), len(samples), desc, unit="images"):
@@ -161,7 +169,8 @@ def _build(final: Path, samples: Sequence[Sample], settings: StoreSettings, work
             row += len(block)
         images.flush()
         del images
-        meta = {"key": final.name, "version": STORE_VERSION, "settings": settings.__dict__, "ids": [s.id for s in samples]}
+        meta = {"key": final.name, "version": STORE_VERSION, "settings": settings.__dict__,
+                "decode": (decode or DecodeOptions()).__dict__, "ids": [s.id for s in samples]}
         write_json(tmp / "meta.json", meta)
         publish_dir(tmp, final, "meta.json")  # a concurrent builder that won the race keeps its folder
     finally:
