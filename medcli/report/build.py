@@ -213,7 +213,11 @@ def _figures(results: Path, dataset: str, runs: list[Run], summary: dict, base: 
 
 
 def _gradcam(runs: list[Run], base: Path) -> list[dict]:
-    """One entry per explained run × split: method, faithfulness means (from ``index.json``) and gallery links."""
+    """One entry per explained run × split: method, faithfulness means (from ``index.json``) and gallery links.
+
+    ``n`` counts the scored maps and ``n_empty`` the empty (constant) maps that the means leave out; an
+    ``index.json`` written before empty maps were detected has no ``n_empty`` (None here: not checked).
+    """
     out = []
     for r in sorted(runs, key=lambda r: (r.config, r.key.seed, r.key.fold)):
         for split, folder, index in gradcam_indexes(r):
@@ -222,7 +226,7 @@ def _gradcam(runs: list[Run], base: Path) -> list[dict]:
                          for cls, name in index["galleries"].items() if (Path(folder) / name).is_file()]
             out.append({"run": r.rel, "config": r.config, "seed": r.key.seed, "fold": r.key.fold, "split": split,
                         "method": index.get("method"), "target": index.get("target"),
-                        "normalization": index.get("normalization"), "n": faith.get("n"),
+                        "normalization": index.get("normalization"), "n": faith.get("n"), "n_empty": faith.get("n_empty"),
                         "score": faith.get("mean_score"), "drop_keep": faith.get("mean_drop_keep_top20"),
                         "drop_remove": faith.get("mean_drop_remove_top20"), "fraction": faith.get("fraction"),
                         "galleries": galleries})

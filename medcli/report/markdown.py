@@ -318,14 +318,21 @@ def _gradcam(d: dict) -> list[str]:
              f"Where each model looks (`medcli gradcam`): per true class, correctly and wrongly classified images "
              f"with their CAM overlay. Faithfulness score = confidence drop when the top {fraction:.0%} CAM region is "
              f"removed minus the drop when only that region is kept (mean over the explained images; higher = the "
-             f"highlighted region matters more to the model). CAM values are min-max normalised per image.", "",
-             "| Configuration | Seed | Fold | Split | Method | Images | Faithfulness score | Drop, region kept | Drop, region removed | Galleries (per true class) |",
-             "|---|--:|--:|---|---|--:|--:|--:|--:|---|"]
+             f"highlighted region matters more to the model). CAM values are min-max normalised per image. Empty maps "
+             "(constant before normalisation, e.g. all zero: nothing to point at) get no score and are left out of the "
+             "mean; Images counts the scored maps.", "",
+             "| Configuration | Seed | Fold | Split | Method | Images | Faithfulness score | Empty maps (left out) | Drop, region kept | Drop, region removed | Galleries (per true class) |",
+             "|---|--:|--:|---|---|--:|--:|--:|--:|--:|---|"]
     for g in entries:
         links = ", ".join(f"[{_escape(x['class'])}]({x['file']})" for x in g["galleries"]) or "none"
         lines.append(f"| `{g['config']}` | {g['seed']} | {g['fold']} | {g['split']} | {g['method']} | {g['n'] if g['n'] is not None else 'n/a'} "
-                     f"| {_signed(g['score'])} | {_signed(g['drop_keep'])} | {_signed(g['drop_remove'])} | {links} |")
+                     f"| {_signed(g['score'])} | {_empties(g.get('n_empty'))} | {_signed(g['drop_keep'])} | {_signed(g['drop_remove'])} | {links} |")
     return lines + [""]
+
+
+def _empties(n_empty) -> str:
+    """The empty-map count; an index.json from before the check has none ("not checked")."""
+    return "not checked" if n_empty is None else str(n_empty)
 
 
 def _escape(text: str) -> str:
