@@ -141,7 +141,8 @@ def _dataset(name: str, d: dict, summary: dict) -> list[str]:
                for s in r["test"].get("incomplete_seeds", [])]
     if partial:
         lines += ["Fold ensembles with fewer models than folds (runs missing or not evaluated): " + "; ".join(partial) + ".", ""]
-    lines += _comparison(d) + _checks(d) + _ensembles(d) + _data(d["data"]) + _figures(d) + _gradcam(d) + _sources(name, d)
+    lines += (_comparison(d) + _checks(d) + _ensembles(d) + _external(d) + _data(d["data"]) + _figures(d) + _gradcam(d)
+              + _sources(name, d))
     return lines
 
 
@@ -255,6 +256,46 @@ def _ensembles(d: dict) -> list[str]:
         lines.append(f"- `{r['config']}` (members: {', '.join(r.get('members') or []) or 'n/a'})")
         lines += [f"  - {s}" for s in r.get("statements") or []]
     return lines + [""]
+
+
+def _overlap(o: dict | None) -> str:
+    """The overlap cell of an external result (see :mod:`medcli.evaluation.overlap`)."""
+    if o is None:
+        return "not checked"
+    dev, test = o.get("exact_dev", 0) + o.get("near_dev", 0), o.get("exact_test", 0) + o.get("near_test", 0)
+    if not dev and not test:
+        return f"none (of {o.get('n_external', 'n/a')} images)"
+    parts = []
+    if dev:
+        parts.append(f"**{dev} of {o.get('n_external', 'n/a')} duplicate development images** ({o.get('exact_dev', 0)} exact, "
+                     f"{o.get('near_dev', 0)} near)")
+    if test:
+        parts.append(f"{test} duplicate test images ({o.get('exact_test', 0)} exact, {o.get('near_test', 0)} near)")
+    return "; ".join(parts)
+
+
+def _external(d: dict) -> list[str]:
+    entries = d.get("external") or []
+    if not entries:
+        return []
+    label = metric_label(d["primary"])
+    rows = [[f"`{e['config']}`", str(e["seed"]), str(e["fold"]), f"`{e['name']}`", "n/a" if e["n"] is None else str(e["n"]),
+             f"{_num(e['estimate'])} {_interval(e['low'], e['high'])}", _overlap(e.get("overlap"))] for e in entries]
+    lines = ["### External validation", ""]
+    lines += _table(["Configuration", "Seed", "Fold", "External data", "Images", f"External {label} [95% CI]",
+                     "Overlap with the run's images"], rows)
+    thresholds = sorted({e["overlap"]["threshold_bits"] for e in entries if e.get("overlap") and "threshold_bits" in e["overlap"]})
+    near = f"within {', '.join(map(str, thresholds))} of 256 bits" if thresholds else "within the splits' near-duplicate threshold"
+    lines += ["Each run scored by `medcli eval --data` on another dataset (`external/<name>/metrics.json`), with a 95% "
+              "bootstrap CI over its images. Overlap: external images that are exact (same decoded pixels) or near "
+              f"(perceptual hash {near}) copies of the run's development images (train + val of every fold) or of its "
+              "test images; not checked for results written before medcli checked it.", ""]
+    dirty = [e for e in entries if (e.get("overlap") or {}).get("exact_dev", 0) + (e.get("overlap") or {}).get("near_dev", 0)]
+    if dirty:
+        lines += [f"- **Check**: `{e['config']}` seed {e['seed']} fold {e['fold']} on `{e['name']}`: "
+                  f"{e['overlap']['exact_dev'] + e['overlap']['near_dev']} of {e['overlap']['n_external']} external images "
+                  "duplicate development images of this run: these metrics are not external." for e in dirty] + [""]
+    return lines
 
 
 def _data(f: dict) -> list[str]:
