@@ -151,6 +151,25 @@ def experiment(tmp_path_factory) -> tuple[Path, dict]:
         "format": "medcli.gradcam/1", "method": "gradcam++", "target": "pred", "normalization": "per-image min-max",
         "galleries": {"benign": "gallery_benign.png", "malignant": "gallery_malignant.png"},  # second one not written
         "faithfulness": {"fraction": 0.2, "n": 4, "mean_score": 0.25, "mean_drop_keep_top20": 0.05, "mean_drop_remove_top20": 0.3}}))
+    # External results: one with overlap, one written before the overlap check (no `overlap` key).
+    external = {"format": "medcli.metrics/1", "split": "external", "n": 40, "metrics": {"balanced_accuracy": 0.75},
+                "ci": {"balanced_accuracy": {"estimate": 0.75, "low": 0.6, "high": 0.875}}, "external": {"data": "/data/site-b"},
+                "overlap": {"exact_dev": 8, "near_dev": 4, "exact_test": 1, "near_test": 0, "n_external": 40, "n_dev": 60,
+                            "n_test": 30, "threshold_bits": 40, "ids": {}}}
+    for run, name, doc in ((("resnet18", "full", 0, 0), "site-b", external),
+                           (("customcnn", "scratch", 0, 0), "site-old", {k: v for k, v in external.items() if k != "overlap"})):
+        target = Path(paths.external_metrics_file(paths.run_dir(res, "ds", *run), name))
+        target.parent.mkdir(parents=True)
+        target.write_text(json.dumps(doc))
+    # A newer index with empty maps (medcli gradcam flags constant maps and leaves them out of the means).
+    cam_val = Path(paths.gradcam_dir(paths.run_dir(res, "ds", "resnet18", "full", 0, 0), "val"))
+    cam_val.mkdir(parents=True)
+    (cam_val / "gallery_benign.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    Path(paths.gradcam_index_file(cam_val.parent.parent, "val")).write_text(json.dumps({
+        "format": "medcli.gradcam/1", "method": "scorecam", "target": "pred", "normalization": "per-image min-max",
+        "galleries": {"benign": "gallery_benign.png"},
+        "faithfulness": {"fraction": 0.2, "n": 3, "n_empty": 2, "mean_score": 0.125, "mean_drop_keep_top20": 0.0,
+                         "mean_drop_remove_top20": 0.125}}))
     return res, truth
 
 
@@ -337,13 +356,44 @@ def test_setting_differences_within_a_configuration_are_flagged_between_configur
 
 
 def test_gradcam_section_compares_faithfulness(report):
-    (entry,) = report["ds"]["gradcam"]
+    entries = {e["split"]: e for e in report["ds"]["gradcam"]}
+    assert set(entries) == {"test", "val"}
+    entry = entries["test"]  # an index.json from before empty maps were detected: read, count unknown
     assert (entry["config"], entry["seed"], entry["fold"], entry["method"], entry["n"]) == ("resnet18__full", 0, 0, "gradcam++", 4)
-    assert entry["score"] == pytest.approx(0.25)
+    assert entry["score"] == pytest.approx(0.25) and entry["n_empty"] is None
     section = report["md"].split("### Grad-CAM", 1)[1].split("\n### ", 1)[0]
-    row = next(line for line in section.splitlines() if line.startswith("| `resnet18__full`"))
-    assert "+0.250" in row and "+0.050" in row and "+0.300" in row and "[benign](" in row
+    rows = [line for line in section.splitlines() if line.startswith("| `resnet18__full`")]
+    (row,) = [r for r in rows if "| test |" in r]
+    assert "+0.250" in row and "+0.050" in row and "+0.300" in row and "[benign](" in row and "| not checked |" in row
     assert "normalised per image" in section
+
+
+def test_gradcam_section_shows_empty_maps_beside_the_mean(report):
+    entry = next(e for e in report["ds"]["gradcam"] if e["split"] == "val")
+    assert (entry["method"], entry["n"], entry["n_empty"], entry["score"]) == ("scorecam", 3, 2, 0.125)
+    section = report["md"].split("### Grad-CAM", 1)[1].split("\n### ", 1)[0]
+    header = next(line for line in section.splitlines() if line.startswith("| Configuration"))
+    (row,) = [line for line in section.splitlines() if line.startswith("| `resnet18__full`") and "| val |" in line]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert cells[columns.index("Faithfulness score")] == "+0.125" and cells[columns.index("Empty maps (left out)")] == "2"
+    assert cells[columns.index("Images")] == "3" and "left out of the mean" in section
+
+
+def test_external_validation_section_shows_overlap(report):
+    entries = {e["name"]: e for e in report["ds"]["external"]}
+    assert set(entries) == {"site-b", "site-old"}
+    site = entries["site-b"]
+    assert (site["config"], site["n"], site["estimate"], site["low"], site["high"]) == ("resnet18__full", 40, 0.75, 0.6, 0.875)
+    assert site["overlap"]["exact_dev"] == 8 and entries["site-old"]["overlap"] is None
+    section = report["md"].split("### External validation", 1)[1].split("\n### ", 1)[0]
+    row = next(line for line in section.splitlines() if "`site-b`" in line and line.startswith("|"))
+    assert "0.750 [0.600, 0.875]" in row and "| 40 |" in row
+    assert "12 of 40 duplicate development images** (8 exact, 4 near); 1 duplicate test images (1 exact, 0 near)" in row
+    old = next(line for line in section.splitlines() if "`site-old`" in line and line.startswith("|"))
+    assert "not checked" in old
+    assert "- **Check**: `resnet18__full` seed 0 fold 0 on `site-b`: 12 of 40 external images duplicate development images" in section
+    assert "within 40 of 256 bits" in section
 
 
 def test_summary_csv_is_tidy(experiment, report):

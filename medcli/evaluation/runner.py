@@ -9,10 +9,13 @@
 Outputs (paths from :mod:`medcli.paths`, files written by :mod:`medcli.runs`): ``predictions/<split>.csv``,
 ``predictions/<split>.calibrated.csv``, ``metrics/<split>.json`` (``medcli.metrics/1``) and figures; external
 datasets go to ``external/<name>/``.
+* An external dataset is checked for copies of the run's own images (:mod:`medcli.evaluation.overlap`): its
+  ``metrics.json`` gains ``overlap`` and :func:`render` prints one warning line when there is any.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from dataclasses import dataclass
@@ -67,7 +70,8 @@ def predict_logits(model, images: np.ndarray, rows: np.ndarray, mean, std, *, tt
 def _store_for(dataset, run: runs.Run, sample_ids: set[str] | None):
     from ..data.store import materialize
 
-    if sample_ids is not None:
+    if sample_ids is not None:  # a filtered copy: the caller's dataset keeps every sample
+        dataset = copy.copy(dataset)
         dataset.samples = [s for s in dataset.samples if s.id in sample_ids]
     return materialize(dataset, run.store_settings(), run.config.get("cache_dir"), run.config.get("workers"))
 
@@ -98,32 +102,36 @@ def _external_name(name: str | None, data: str | os.PathLike) -> str:
 
 
 class _OwnData:
-    """The run's own dataset, splits and image store, loaded once and only when needed."""
+    """The run's own dataset, splits, image store and scan records, each loaded once and only when needed."""
 
     def __init__(self, run: runs.Run) -> None:
         self.run = run
 
     @cached_property
-    def _loaded(self) -> tuple[dict, dict, object]:
+    def dataset(self):
         from ..data import load_dataset
 
         cfg = self.run.config
-        dataset = load_dataset(cfg["data"], cfg.get("layout", "auto"), cfg.get("aliases"))
-        splits_doc = _run_splits(self.run.doc, dataset)
-        paths_by_id = {s.id: s.path for s in dataset.samples}
-        return splits_doc, paths_by_id, _store_for(dataset, self.run, set(splits_doc["labels"]))
+        return load_dataset(cfg["data"], cfg.get("layout", "auto"), cfg.get("aliases"))
 
-    @property
+    @cached_property
     def splits(self) -> dict:
-        return self._loaded[0]
+        return _run_splits(self.run.doc, self.dataset)
 
-    @property
+    @cached_property
     def paths(self) -> dict[str, str]:
-        return self._loaded[1]
+        return {s.id: s.path for s in self.dataset.samples}
 
-    @property
+    @cached_property
     def store(self):
-        return self._loaded[2]
+        return _store_for(self.dataset, self.run, set(self.splits["labels"]))
+
+    @cached_property
+    def records(self) -> dict:
+        """``{id: ScanRecord}`` of every file of the dataset (the scan cache written by ``inspect``/``split``)."""
+        from ..data import scan_dataset
+
+        return scan_dataset(self.dataset, self.run.config.get("cache_dir"), self.run.config.get("workers"))
 
 
 @dataclass(frozen=True)
@@ -180,7 +188,10 @@ def evaluate_run(
     Writes, per scored split (paths from :mod:`medcli.paths`): ``predictions/<split>.csv`` (N rows),
     ``predictions/<split>.calibrated.csv`` (temperature-scaled), ``metrics/<split>.json`` and
     ``figures/{confusion,roc,pr,reliability}_<split>.png`` plus ``figures/learning_curves.png``; for ``data``,
-    the same below ``external/<name>/`` (``predictions.csv``, ``metrics.json``, ``<figure>_external.png``).
+    the same below ``external/<name>/`` (``predictions.csv``, ``metrics.json``, ``<figure>_external.png``), and
+    ``metrics.json`` gains ``overlap``: external images duplicating the run's development pool or test set
+    (:func:`medcli.evaluation.overlap.external_overlap`; keys ``exact_dev``, ``near_dev``, ``exact_test``,
+    ``near_test``, ``n_external``, ``n_dev``, ``n_test``, ``threshold_bits``, ``ids``).
     The temperature and (binary tasks) the Youden threshold are fitted on validation predictions only.
 
     Raises :class:`MedcliError` for an unknown ``split``, a folder that is not a run, missing or unreadable
@@ -195,7 +206,7 @@ def evaluate_run(
     val_frame, val_y, val_logits = _validation_scores(run, model, own, tta)
     scoring = _fit_on_validation(run, val_y, val_logits, tta=tta, n_bootstrap=n_bootstrap, seed=seed, figures=figures)
     if data is not None:
-        return _evaluate_external(scoring, model, data, name, aliases, skip_bad)
+        return _evaluate_external(scoring, model, own, data, name, aliases, skip_bad)
     results: dict[str, dict] = {}
     if split in ("val", "all"):
         results["val"] = _score(scoring, "val", list(val_frame["id"]), list(val_frame["path"]), val_y, val_logits, _run_outputs(run, "val"))
@@ -237,8 +248,14 @@ def _evaluate_test(scoring: _Scoring, model, own: _OwnData) -> dict:
     return _score(scoring, "test", ids, [own.paths[i] for i in ids], y, logits, _run_outputs(run, "test"))
 
 
-def _evaluate_external(scoring: _Scoring, model, data, name: str | None, aliases, skip_bad: bool) -> dict[str, dict]:
-    """Score the run on another dataset; results go to ``external/<name>/``, apart from the run's own."""
+def _evaluate_external(scoring: _Scoring, model, own: _OwnData, data, name: str | None, aliases, skip_bad: bool) -> dict[str, dict]:
+    """Score the run on another dataset; results go to ``external/<name>/``, apart from the run's own.
+
+    The metrics document gains ``overlap`` (:func:`medcli.evaluation.overlap.external_overlap`): how many external
+    images duplicate the run's development pool and its test set, exactly or nearly. It only reports.
+    """
+    from .overlap import development_pool, external_overlap, near_threshold
+
     from ..data import load_dataset, require_readable, scan_dataset
     from ..data.classes import reconcile_classes
 
@@ -248,7 +265,10 @@ def _evaluate_external(scoring: _Scoring, model, data, name: str | None, aliases
     other = load_dataset(data, "auto", aliases)
     # --alias is applied by load_dataset; what is left to match against the model's classes are its labels
     mapping = reconcile_classes({"train": set(classes), "test": {s.label for s in other.samples}}, None)
-    other = require_readable(other, scan_dataset(other, cfg.get("cache_dir"), cfg.get("workers")), skip_bad)
+    records = scan_dataset(other, cfg.get("cache_dir"), cfg.get("workers"))
+    other = require_readable(other, records, skip_bad)
+    overlap = external_overlap({s.id: records[s.id] for s in other.samples}, own.records, development_pool(own.splits),
+                               own.splits["test"], near_threshold(own.splits))
     store = _store_for(other, run, None)
     index = {c: k for k, c in enumerate(classes)}
     y = np.array([index[mapping[s.label]] for s in other.samples])
@@ -258,7 +278,8 @@ def _evaluate_external(scoring: _Scoring, model, data, name: str | None, aliases
                 "class_mapping": {raw: mapping[label] for raw, label in sorted(other.class_mapping.items())}}
     outputs = _Outputs(paths.external_predictions_file(run.path, ext_name), paths.external_metrics_file(run.path, ext_name),
                        paths.external_dir(run.path, ext_name))
-    return {ext_name: _score(scoring, "external", ids, [s.path for s in other.samples], y, logits, outputs, external=external)}
+    return {ext_name: _score(scoring, "external", ids, [s.path for s in other.samples], y, logits, outputs, external=external,
+                             overlap=overlap)}
 
 
 def _run_outputs(run: runs.Run, split: str) -> _Outputs:
@@ -266,8 +287,10 @@ def _run_outputs(run: runs.Run, split: str) -> _Outputs:
 
 
 def _score(scoring: _Scoring, split: str, ids: list[str], image_paths: list[str], y: np.ndarray, logits: np.ndarray,
-           outputs: _Outputs, *, external: dict | None = None) -> dict:
-    """Write the predictions (raw and calibrated), the metrics document and the figures of one scored split."""
+           outputs: _Outputs, *, external: dict | None = None, overlap: dict | None = None) -> dict:
+    """Write the predictions (raw and calibrated), the metrics document and the figures of one scored split.
+
+    ``overlap`` (external data only) is written after ``external``; the run's own splits have no such key."""
     run, classes, cfg = scoring.run, scoring.run.classes, scoring.run.config
     probs = softmax(logits)
     calibrated_logits = logits / scoring.temperature
@@ -295,6 +318,7 @@ def _score(scoring: _Scoring, split: str, ids: list[str], image_paths: list[str]
         },
         "ci": ci,
         "external": external,
+        **({"overlap": overlap} if overlap is not None else {}),
         "versions": runs.versions(),
     }
     document = runs.write_metrics(outputs.metrics, document)
@@ -324,7 +348,10 @@ def _learning_curves(run: runs.Run) -> None:
 
 
 def render(results: dict[str, dict], console) -> None:
+    """Print the metrics table, undefined metrics, and one warning line per external result that overlaps the run."""
     from rich.table import Table
+
+    from .overlap import overlap_warning
 
     table = Table(title="evaluation", title_justify="left")
     for col in ("split", "n", "accuracy", "balanced acc.", "macro-F1", "ROC-AUC", "ECE", "ECE (calibrated)"):
@@ -344,3 +371,7 @@ def render(results: dict[str, dict], console) -> None:
     for doc in results.values():
         for key, reason in (doc["metrics"].get("undefined") or {}).items():
             console.print(f"[yellow]{doc['split']}: {key} undefined: {reason}[/]", markup=True, highlight=False)
+    for name, doc in results.items():
+        warning = overlap_warning(doc.get("overlap"))
+        if warning:
+            console.print(f"warning: {name}: {warning}", style="bold yellow", markup=False, highlight=False, soft_wrap=True)

@@ -28,6 +28,12 @@ normalised space, i.e. to the preprocessing mean intensity:
 
 ``index.json`` reports the three values per image and their means over the run (and per class).
 
+Empty maps (:func:`~medcli.gradcam.cams.compute_cam_maps`): a map that is constant before normalisation (all
+zero is the common case: gradcam++ or scorecam on a barely trained model) carries no information, and its
+"top 20 %" would be an arbitrary block of pixels. Such an image gets ``empty_cam: true``, null keep/remove
+values and score, and "empty CAM" in its gallery caption; the means leave it out (``n`` counts the scored
+maps, ``n_empty`` the empty ones).
+
 Outputs, under ``<run>/gradcam/<split>/`` (replaced as a whole on every call):
 
 * ``<class>/<correct|wrong>/<id>.png``: the image and its overlay side by side (file names from
@@ -36,12 +42,15 @@ Outputs, under ``<run>/gradcam/<split>/`` (replaced as a whole on every call):
 * ``index.json`` (``medcli.gradcam/1``): ``format``, ``run``, ``method``, ``target``, ``split``,
   ``normalization`` (``"per-image min-max"``), ``n_per_class``, ``seed``, ``target_layer``, ``classes``,
   ``galleries`` (``{class: file}``), ``images`` (``[{id, path, label, pred, prob, correct, explained_class,
-  overlay, faithfulness: {prob, prob_keep_top20, prob_remove_top20, drop_keep_top20, drop_remove_top20,
-  score}}]``) and ``faithfulness`` (``definition``, ``fraction``, ``n``, ``mean_drop_keep_top20``,
-  ``mean_drop_remove_top20``, ``mean_score``, ``per_class``).
+  overlay, empty_cam, faithfulness: {prob, prob_keep_top20, prob_remove_top20, drop_keep_top20,
+  drop_remove_top20, score}}]``; the last five null when ``empty_cam``) and ``faithfulness`` (``definition``,
+  ``fraction``, ``n`` (maps scored), ``n_empty`` (empty maps left out), ``mean_drop_keep_top20``,
+  ``mean_drop_remove_top20``, ``mean_score`` (null when every map is empty), ``per_class`` (the same counts
+  and means per true class)).
 """
 
-from .cams import CamMethod, compute_cams, get_method, list_methods, preserved_state, register_method
+from .cams import (CamMaps, CamMethod, compute_cam_maps, compute_cams, empty_maps, get_method, list_methods, preserved_state,
+                   register_method)
 from .faithfulness import TOP_FRACTION, confidence_drops, top_masks
 from .render import image_file_name, overlay, safe_name
 from .run import INDEX_FORMAT, explain_run, load_pixels, output_dir, select_samples, summarize
@@ -49,9 +58,12 @@ from .run import INDEX_FORMAT, explain_run, load_pixels, output_dir, select_samp
 __all__ = [
     "INDEX_FORMAT",
     "TOP_FRACTION",
+    "CamMaps",
     "CamMethod",
+    "compute_cam_maps",
     "compute_cams",
     "confidence_drops",
+    "empty_maps",
     "explain_run",
     "get_method",
     "image_file_name",

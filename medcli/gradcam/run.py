@@ -14,7 +14,7 @@ import torch
 from .. import paths, runs
 from .._io import publish_dir, staging_dir, write_json
 from ..errors import MedcliError
-from .cams import compute_cams, get_method, model_device
+from .cams import compute_cam_maps, get_method, model_device
 from .faithfulness import TOP_FRACTION, confidence_drops
 from .render import Tile, save_gallery, save_pair
 
@@ -126,11 +126,14 @@ def _mean(values) -> float | None:
 
 
 def _summary(entries: list[dict]) -> dict:
+    """Means over the images with a non-empty CAM (``n`` of them); ``n_empty`` images are left out."""
+    scored = [e for e in entries if not e.get("empty_cam")]
     return {
-        "n": len(entries),
-        "mean_drop_keep_top20": _mean(e["faithfulness"]["drop_keep_top20"] for e in entries),
-        "mean_drop_remove_top20": _mean(e["faithfulness"]["drop_remove_top20"] for e in entries),
-        "mean_score": _mean(e["faithfulness"]["score"] for e in entries),
+        "n": len(scored),
+        "n_empty": len(entries) - len(scored),
+        "mean_drop_keep_top20": _mean(e["faithfulness"]["drop_keep_top20"] for e in scored),
+        "mean_drop_remove_top20": _mean(e["faithfulness"]["drop_remove_top20"] for e in scored),
+        "mean_score": _mean(e["faithfulness"]["score"] for e in scored),
     }
 
 
@@ -159,7 +162,9 @@ def explain_run(
 
     Writes ``<run>/gradcam/<split>/`` (:func:`medcli.paths.gradcam_dir`): one ``<class>/<correct|wrong>/<image>.png``
     overlay per explained image (original | overlay, at least 256 px per half), one ``gallery_<class>.png`` per
-    true class present, and ``index.json`` (``medcli.gradcam/1``). The whole folder is built beside the old one
+    true class present, and ``index.json`` (``medcli.gradcam/1``; see :mod:`medcli.gradcam`). Maps that are
+    constant before normalisation are flagged (``empty_cam``), captioned "empty CAM" in the gallery and left out
+    of the faithfulness means (``faithfulness.n_empty`` counts them). The whole folder is built beside the old one
     and swapped in at the end (:func:`medcli._io.publish_dir` with ``replace=True``), so it never mixes two
     explanations.
 
@@ -182,13 +187,17 @@ def explain_run(
     inputs = to_model_input(torch.from_numpy(pixels).permute(0, 3, 1, 2).to(device), mean, std)
     explained = [index[c] for c in chosen["pred" if target == "pred" else "label"]]
     log.info("%s on %d %s images of %s (%s)", method, len(chosen), split, run.path, model.backbone)
-    cams = compute_cams(model, inputs, explained, method=method, batch_size=batch_size)
+    maps = compute_cam_maps(model, inputs, explained, method=method, batch_size=batch_size)
+    cams = maps.cams
     drops = confidence_drops(model, inputs, cams, explained, fraction=TOP_FRACTION, batch_size=batch_size)
+    if maps.n_empty:
+        log.warning("%s gave %d empty (constant) map(s) of %d: flagged in index.json, left out of the faithfulness means",
+                    method, maps.n_empty, len(cams))
 
     final = Path(output_dir(run.path, split))
     staging = staging_dir(final)
     try:
-        entries, tiles = _write_overlays(staging, chosen, classes, pixels, cams, drops, explained)
+        entries, tiles = _write_overlays(staging, chosen, classes, pixels, cams, drops, explained, maps.empty)
         galleries = _write_galleries(staging, entries, tiles, classes, method=method, split=split, target=target)
         document = {
             "format": INDEX_FORMAT,
@@ -218,7 +227,9 @@ def explain_run(
 
 
 def _write_overlays(folder: Path, chosen: pd.DataFrame, classes: list[str], pixels: np.ndarray, cams: np.ndarray,
-                    drops: dict[str, np.ndarray], explained: list[int]) -> tuple[list[dict], list[Tile]]:
+                    drops: dict[str, np.ndarray], explained: list[int], empty: np.ndarray) -> tuple[list[dict], list[Tile]]:
+    """Overlay PNGs and index entries. An empty map's keep/remove values are null: its "top 20 %" region is an
+    arbitrary block of pixels (ties broken in row-major order), so no faithfulness can be read from it."""
     entries, tiles = [], []
     for i, row in enumerate(chosen.to_dict("records")):
         label, pred = row["label"], row["pred"]
@@ -227,6 +238,13 @@ def _write_overlays(folder: Path, chosen: pd.DataFrame, classes: list[str], pixe
         overlay = Path(paths.gradcam_overlay_name(label, correct, row["id"]))
         (folder / overlay).parent.mkdir(parents=True, exist_ok=True)
         save_pair(folder / overlay, pixels[i], cams[i])
+        is_empty = bool(empty[i])
+        faithfulness = {
+            "prob": float(drops["prob"][i]),
+            **{key: None if is_empty else float(drops[source][i]) for key, source in (
+                ("prob_keep_top20", "prob_keep"), ("prob_remove_top20", "prob_remove"), ("drop_keep_top20", "drop_keep"),
+                ("drop_remove_top20", "drop_remove"), ("score", "score"))},
+        }
         entries.append({
             "id": row["id"],
             "path": row["path"],
@@ -236,16 +254,12 @@ def _write_overlays(folder: Path, chosen: pd.DataFrame, classes: list[str], pixe
             "correct": bool(correct),
             "explained_class": classes[explained[i]],
             "overlay": overlay.as_posix(),
-            "faithfulness": {
-                "prob": float(drops["prob"][i]),
-                "prob_keep_top20": float(drops["prob_keep"][i]),
-                "prob_remove_top20": float(drops["prob_remove"][i]),
-                "drop_keep_top20": float(drops["drop_keep"][i]),
-                "drop_remove_top20": float(drops["drop_remove"][i]),
-                "score": float(drops["score"][i]),
-            },
+            "empty_cam": is_empty,
+            "faithfulness": faithfulness,
         })
         caption = f"true: {_short(label)}\npred: {_short(pred)} ({prob:.2f}) {'correct' if correct else 'wrong'}"
+        if is_empty:
+            caption += "\nempty CAM (constant map; no score)"
         tiles.append(Tile(pixels[i], cams[i], caption, bool(correct)))
     return entries, tiles
 
@@ -260,9 +274,11 @@ def _write_galleries(folder: Path, entries: list[dict], tiles: list[Tile], class
         if not mine:
             continue
         galleries[cls] = paths.gradcam_gallery_name(cls)
-        score = _summary([entries[i] for i in mine])["mean_score"]
+        means = _summary([entries[i] for i in mine])
+        score = "n/a" if means["mean_score"] is None else f"{means['mean_score']:+.2f}"
+        empties = f", {means['n_empty']} empty CAM(s) left out" if means["n_empty"] else ""
         title = (f"{method} | true class {cls} | {split} split | explaining the {explaining} class | "
-                 f"mean faithfulness score {score:+.2f} (top {TOP_FRACTION:.0%} kept vs removed)\n"
+                 f"mean faithfulness score {score} (top {TOP_FRACTION:.0%} kept vs removed{empties})\n"
                  "CAM values are min-max normalised per image (0 = lowest, 1 = highest within that image)")
         save_gallery(folder / galleries[cls], [tiles[i] for i in mine], title)
     return galleries
@@ -275,8 +291,15 @@ def _short(text: str, limit: int = 22) -> str:
 def summarize(result: dict) -> str:
     """One line for the terminal: where the galleries went and the mean faithfulness."""
     faith = result["faithfulness"]
+    n_empty = faith.get("n_empty") or 0
+    n_images = faith["n"] + n_empty
+    if faith["mean_score"] is None:
+        scores = "no map to score"
+    else:
+        scores = (f"mean score {faith['mean_score']:+.3f} (confidence drop when kept {faith['mean_drop_keep_top20']:+.3f}, "
+                  f"when removed {faith['mean_drop_remove_top20']:+.3f})")
+    empties = f"; {n_empty} of {n_images} maps empty (constant), left out of the means" if n_empty else ""
     return (
-        f"{result['method']} on {faith['n']} {result['split']} images ({len(result['galleries'])} galleries) written to "
-        f"{result['folder']}; faithfulness (top {faith['fraction']:.0%} CAM region): mean score {faith['mean_score']:+.3f} "
-        f"(confidence drop when kept {faith['mean_drop_keep_top20']:+.3f}, when removed {faith['mean_drop_remove_top20']:+.3f})"
+        f"{result['method']} on {n_images} {result['split']} images ({len(result['galleries'])} galleries) written to "
+        f"{result['folder']}; faithfulness (top {faith['fraction']:.0%} CAM region): {scores}{empties}"
     )

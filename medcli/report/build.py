@@ -23,8 +23,8 @@ from pathlib import Path
 from .. import paths
 from .._io import read_json, write_json, write_text
 from ..errors import MedcliError
-from .collect import (METRICS, VAL_FROM_METRICS, Run, collect_ensembles, collect_runs, experiment_cells, gradcam_indexes,
-                      load_experiment, missing_runs)
+from .collect import (METRICS, VAL_FROM_METRICS, Run, collect_ensembles, collect_runs, experiment_cells, external_results,
+                      gradcam_indexes, load_experiment, missing_runs, scalar_metrics)
 from .facts import current_splits_fingerprint, data_facts, provenance
 from .summary import (LOWER_IS_BETTER, check_primary, choose_reference, columns_for, compare_with_reference, comparability,
                       configuration_row, ensemble_row, sort_rows, verdict)
@@ -172,7 +172,7 @@ def summarize_dataset(results: Path, dataset: str, runs: list[Run], classes: lis
         "rows": rows, "ensembles": ensembles, "verdict": verdict(rows, primary),
         "checks": comparability(runs, rows, splits_fingerprint=current_splits_fingerprint(results, dataset),
                                 experiment_cells=experiment_cells),
-        "data": facts, "figures": [], "gradcam": _gradcam(runs, link_base),
+        "data": facts, "figures": [], "gradcam": _gradcam(runs, link_base), "external": _external(runs, primary),
         "sources": {"val_metrics_files": sum(1 for r in runs if r.val_source == VAL_FROM_METRICS),
                     "val_recomputed": [p for row in rows for p in row["val_recomputed"]],
                     "not_evaluated": [p for row in rows for p in row["not_evaluated"]]},
@@ -213,7 +213,11 @@ def _figures(results: Path, dataset: str, runs: list[Run], summary: dict, base: 
 
 
 def _gradcam(runs: list[Run], base: Path) -> list[dict]:
-    """One entry per explained run × split: method, faithfulness means (from ``index.json``) and gallery links."""
+    """One entry per explained run × split: method, faithfulness means (from ``index.json``) and gallery links.
+
+    ``n`` counts the scored maps and ``n_empty`` the empty (constant) maps that the means leave out; an
+    ``index.json`` written before empty maps were detected has no ``n_empty`` (None here: not checked).
+    """
     out = []
     for r in sorted(runs, key=lambda r: (r.config, r.key.seed, r.key.fold)):
         for split, folder, index in gradcam_indexes(r):
@@ -222,10 +226,25 @@ def _gradcam(runs: list[Run], base: Path) -> list[dict]:
                          for cls, name in index["galleries"].items() if (Path(folder) / name).is_file()]
             out.append({"run": r.rel, "config": r.config, "seed": r.key.seed, "fold": r.key.fold, "split": split,
                         "method": index.get("method"), "target": index.get("target"),
-                        "normalization": index.get("normalization"), "n": faith.get("n"),
+                        "normalization": index.get("normalization"), "n": faith.get("n"), "n_empty": faith.get("n_empty"),
                         "score": faith.get("mean_score"), "drop_keep": faith.get("mean_drop_keep_top20"),
                         "drop_remove": faith.get("mean_drop_remove_top20"), "fraction": faith.get("fraction"),
                         "galleries": galleries})
+    return out
+
+
+def _external(runs: list[Run], primary: str) -> list[dict]:
+    """One entry per run × external dataset (``medcli eval --data``): the primary metric with its 95 % interval, ``n``
+    and ``overlap`` (the ``metrics.json`` block: external images duplicating the run's development pool or test set;
+    None for results written before the check)."""
+    out = []
+    for r in sorted(runs, key=lambda r: (r.config, r.key.seed, r.key.fold)):
+        for name, doc in external_results(r):
+            value = scalar_metrics(doc.get("metrics") or {}).get(primary)
+            ci = (doc.get("ci") or {}).get(primary) or {}
+            out.append({"run": r.rel, "config": r.config, "seed": r.key.seed, "fold": r.key.fold, "name": name,
+                        "data": (doc.get("external") or {}).get("data"), "n": doc.get("n"), "metric": primary,
+                        "estimate": value, "low": ci.get("low"), "high": ci.get("high"), "overlap": doc.get("overlap")})
     return out
 
 

@@ -228,6 +228,25 @@ def gradcam_indexes(run: Run) -> list[tuple[str, str, dict]]:
     return out
 
 
+def external_results(run: Run) -> list[tuple[str, dict]]:
+    """``(name, metrics document)`` for every ``medcli eval --data`` result of a run
+    (``paths.external_metrics_file``), sorted by name.
+
+    An unreadable or foreign ``metrics.json`` is skipped: external results are reported, never a reason to fail.
+    Documents written before the overlap check have no ``overlap`` key.
+    """
+    pattern = paths.external_metrics_file(glob.escape(run.path), "*")
+    out = []
+    for file in sorted(glob.glob(pattern)):
+        try:
+            doc = runs.read_metrics(file)
+        except MedcliError:
+            continue
+        if str(doc.get("format", "")).startswith("medcli.metrics/") and isinstance(doc.get("metrics"), dict):
+            out.append((Path(file).parent.name, doc))
+    return out
+
+
 def collect_ensembles(results: str | os.PathLike, dataset: str) -> list[EnsembleOutput]:
     """The seeds of every ensemble of ``dataset`` (``<dataset>/ensembles/<name>__<method>/seed-<s>/``).
 

@@ -141,7 +141,8 @@ def _dataset(name: str, d: dict, summary: dict) -> list[str]:
                for s in r["test"].get("incomplete_seeds", [])]
     if partial:
         lines += ["Fold ensembles with fewer models than folds (runs missing or not evaluated): " + "; ".join(partial) + ".", ""]
-    lines += _comparison(d) + _checks(d) + _ensembles(d) + _data(d["data"]) + _figures(d) + _gradcam(d) + _sources(name, d)
+    lines += (_comparison(d) + _checks(d) + _ensembles(d) + _external(d) + _data(d["data"]) + _figures(d) + _gradcam(d)
+              + _sources(name, d))
     return lines
 
 
@@ -257,6 +258,46 @@ def _ensembles(d: dict) -> list[str]:
     return lines + [""]
 
 
+def _overlap(o: dict | None) -> str:
+    """The overlap cell of an external result (see :mod:`medcli.evaluation.overlap`)."""
+    if o is None:
+        return "not checked"
+    dev, test = o.get("exact_dev", 0) + o.get("near_dev", 0), o.get("exact_test", 0) + o.get("near_test", 0)
+    if not dev and not test:
+        return f"none (of {o.get('n_external', 'n/a')} images)"
+    parts = []
+    if dev:
+        parts.append(f"**{dev} of {o.get('n_external', 'n/a')} duplicate development images** ({o.get('exact_dev', 0)} exact, "
+                     f"{o.get('near_dev', 0)} near)")
+    if test:
+        parts.append(f"{test} duplicate test images ({o.get('exact_test', 0)} exact, {o.get('near_test', 0)} near)")
+    return "; ".join(parts)
+
+
+def _external(d: dict) -> list[str]:
+    entries = d.get("external") or []
+    if not entries:
+        return []
+    label = metric_label(d["primary"])
+    rows = [[f"`{e['config']}`", str(e["seed"]), str(e["fold"]), f"`{e['name']}`", "n/a" if e["n"] is None else str(e["n"]),
+             f"{_num(e['estimate'])} {_interval(e['low'], e['high'])}", _overlap(e.get("overlap"))] for e in entries]
+    lines = ["### External validation", ""]
+    lines += _table(["Configuration", "Seed", "Fold", "External data", "Images", f"External {label} [95% CI]",
+                     "Overlap with the run's images"], rows)
+    thresholds = sorted({e["overlap"]["threshold_bits"] for e in entries if e.get("overlap") and "threshold_bits" in e["overlap"]})
+    near = f"within {', '.join(map(str, thresholds))} of 256 bits" if thresholds else "within the splits' near-duplicate threshold"
+    lines += ["Each run scored by `medcli eval --data` on another dataset (`external/<name>/metrics.json`), with a 95% "
+              "bootstrap CI over its images. Overlap: external images that are exact (same decoded pixels) or near "
+              f"(perceptual hash {near}) copies of the run's development images (train + val of every fold) or of its "
+              "test images; not checked for results written before medcli checked it.", ""]
+    dirty = [e for e in entries if (e.get("overlap") or {}).get("exact_dev", 0) + (e.get("overlap") or {}).get("near_dev", 0)]
+    if dirty:
+        lines += [f"- **Check**: `{e['config']}` seed {e['seed']} fold {e['fold']} on `{e['name']}`: "
+                  f"{e['overlap']['exact_dev'] + e['overlap']['near_dev']} of {e['overlap']['n_external']} external images "
+                  "duplicate development images of this run: these metrics are not external." for e in dirty] + [""]
+    return lines
+
+
 def _data(f: dict) -> list[str]:
     lines = ["### Data", ""]
     if not f.get("inspect_file") and not f.get("splits_file"):
@@ -318,14 +359,21 @@ def _gradcam(d: dict) -> list[str]:
              f"Where each model looks (`medcli gradcam`): per true class, correctly and wrongly classified images "
              f"with their CAM overlay. Faithfulness score = confidence drop when the top {fraction:.0%} CAM region is "
              f"removed minus the drop when only that region is kept (mean over the explained images; higher = the "
-             f"highlighted region matters more to the model). CAM values are min-max normalised per image.", "",
-             "| Configuration | Seed | Fold | Split | Method | Images | Faithfulness score | Drop, region kept | Drop, region removed | Galleries (per true class) |",
-             "|---|--:|--:|---|---|--:|--:|--:|--:|---|"]
+             f"highlighted region matters more to the model). CAM values are min-max normalised per image. Empty maps "
+             "(constant before normalisation, e.g. all zero: nothing to point at) get no score and are left out of the "
+             "mean; Images counts the scored maps.", "",
+             "| Configuration | Seed | Fold | Split | Method | Images | Faithfulness score | Empty maps (left out) | Drop, region kept | Drop, region removed | Galleries (per true class) |",
+             "|---|--:|--:|---|---|--:|--:|--:|--:|--:|---|"]
     for g in entries:
         links = ", ".join(f"[{_escape(x['class'])}]({x['file']})" for x in g["galleries"]) or "none"
         lines.append(f"| `{g['config']}` | {g['seed']} | {g['fold']} | {g['split']} | {g['method']} | {g['n'] if g['n'] is not None else 'n/a'} "
-                     f"| {_signed(g['score'])} | {_signed(g['drop_keep'])} | {_signed(g['drop_remove'])} | {links} |")
+                     f"| {_signed(g['score'])} | {_empties(g.get('n_empty'))} | {_signed(g['drop_keep'])} | {_signed(g['drop_remove'])} | {links} |")
     return lines + [""]
+
+
+def _empties(n_empty) -> str:
+    """The empty-map count; an index.json from before the check has none ("not checked")."""
+    return "not checked" if n_empty is None else str(n_empty)
 
 
 def _escape(text: str) -> str:
