@@ -76,12 +76,36 @@ class Run:
         pre = self.preprocess
         return StoreSettings(img_size=pre["img_size"], channels=pre["channels"], resize=pre["resize"], interpolation=pre["interpolation"])
 
+    def decode_options(self):
+        """How the run's images were decoded (:func:`decode_options`)."""
+        return decode_options(self.config)
+
+    def load_dataset(self):
+        """The run's own dataset, read exactly as training read it (:func:`load_run_dataset`)."""
+        return load_run_dataset(self.config)
+
     def load_model(self, device=None):
         """The best-epoch :class:`~medcli.models.Classifier` from ``model.pt`` (on the CPU, or on ``device``)."""
         from .models import load_model
 
         model, _ = load_model(paths.model_file(self.path))
         return model if device is None else model.to(device)
+
+
+def decode_options(config: dict):
+    """How a run's images were decoded (:class:`medcli.data.decode.DecodeOptions`: DICOM window, frame), from its
+    resolved settings; runs written before these settings existed decoded with the defaults."""
+    from .data.decode import DecodeOptions
+
+    return DecodeOptions(window=config.get("window"), frame=config.get("frame"))
+
+
+def load_run_dataset(config: dict):
+    """A run's own dataset, read exactly as training read it (layout, aliases, decoding, split groups)."""
+    from .data import load_dataset
+
+    return load_dataset(config["data"], config.get("layout", "auto"), config.get("aliases"), decode=decode_options(config),
+                        group_by=config.get("group_by"), cache_dir=config.get("cache_dir"))
 
 
 def open_run(run_dir: str | os.PathLike) -> Run:

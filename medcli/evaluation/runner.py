@@ -109,10 +109,7 @@ class _OwnData:
 
     @cached_property
     def dataset(self):
-        from ..data import load_dataset
-
-        cfg = self.run.config
-        return load_dataset(cfg["data"], cfg.get("layout", "auto"), cfg.get("aliases"))
+        return self.run.load_dataset()
 
     @cached_property
     def splits(self) -> dict:
@@ -262,7 +259,7 @@ def _evaluate_external(scoring: _Scoring, model, own: _OwnData, data, name: str 
     run = scoring.run
     cfg, classes = run.config, run.classes
     ext_name = _external_name(name, data)
-    other = load_dataset(data, "auto", aliases)
+    other = load_dataset(data, "auto", aliases, decode=run.decode_options())  # the training preprocessing
     # --alias is applied by load_dataset; what is left to match against the model's classes are its labels
     mapping = reconcile_classes({"train": set(classes), "test": {s.label for s in other.samples}}, None)
     records = scan_dataset(other, cfg.get("cache_dir"), cfg.get("workers"))

@@ -80,12 +80,11 @@ def load_pixels(doc: dict, ids: list[str]) -> np.ndarray:
     Each file is decoded and resized with the run's recorded preprocessing, by the same functions that
     :func:`medcli.data.store.materialize` uses, so only the requested images are decoded.
     """
-    from ..data import load_dataset
     from ..data.decode import DecodeError, resize, to_channels
     from ..data.scan import load_image
 
     cfg, pre = doc["config"], doc["preprocess"]
-    dataset = load_dataset(cfg["data"], cfg.get("layout", "auto"), cfg.get("aliases"))
+    dataset = runs.load_run_dataset(cfg)
     recorded = doc.get("data_fingerprint")
     if recorded and dataset.fingerprint() != recorded:
         raise MedcliError(
@@ -100,7 +99,7 @@ def load_pixels(doc: dict, ids: list[str]) -> np.ndarray:
         if sample is None:
             raise MedcliError(f"image {sample_id!r} from the predictions is not in the dataset at {cfg['data']}")
         try:
-            img, _, _ = load_image(sample)
+            img, _, _ = load_image(sample, dataset.decode)
         except DecodeError as exc:
             raise MedcliError(f"{sample.path}: {exc}") from None
         arr = np.asarray(resize(to_channels(img, channels), size, pre["resize"], pre["interpolation"]), dtype=np.uint8)

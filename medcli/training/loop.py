@@ -79,11 +79,13 @@ def make_accelerator(cfg: TrainConfig):
 def load_fold(cfg: TrainConfig, accelerator) -> Fold:
     """Index the dataset, read (or make) the splits, materialize the images once, return this fold's data."""
     from ..data import load_dataset
+    from ..data.decode import DecodeOptions
     from ..data.store import StoreSettings, materialize
     from ..models import get_backbone
     from ..splits import load_splits, split_data, splits_fingerprint
 
-    dataset = load_dataset(cfg.data, cfg.layout, cfg.aliases)
+    dataset = load_dataset(cfg.data, cfg.layout, cfg.aliases, decode=DecodeOptions(window=cfg.window, frame=cfg.frame),
+                           group_by=cfg.group_by, cache_dir=cfg.cache_dir)
     splits_path = cfg.splits or paths.splits_file(cfg.results, cfg.dataset_name)
     if not os.path.exists(splits_path):
         if cfg.splits:
