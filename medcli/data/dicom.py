@@ -355,7 +355,9 @@ def _grayscale(arr: np.ndarray, ds, window: str | None, index: int | None) -> tu
         try:
             item = ds.VOILUTSequence[0]
             lut = np.asarray(item.LUTData, dtype=np.float64).ravel()
-            voi = apply_voi_lut(values, ds, index=0, prefer_lut=True)
+            # a LUT is indexed by whole modality values: round the (float) modality-LUT output before the lookup
+            indices = np.rint(values).astype(np.int64) if values.dtype.kind == "f" else values
+            voi = apply_voi_lut(indices, ds, index=0, prefer_lut=True)
             return _range_to_uint8(np.asarray(voi, np.float64), float(lut.min()), float(lut.max())), "file VOI LUT"
         except Exception:
             pass  # a malformed VOI LUT: fall back to the window or the full range
