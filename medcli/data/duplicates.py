@@ -190,7 +190,7 @@ class _NearSearch:
     that several thresholds can be grouped from the same candidates (:func:`threshold_sweep`)."""
 
     def __init__(self, ids, labels, pixel_hashes, phashes, phashes256) -> None:
-        self.ids, self.labels = list(ids), list(labels)
+        self.ids, self.labels = [str(i) for i in ids], [str(c) for c in labels]  # plain strings, never numpy scalars, in reports
         n = len(self.ids)
         self.exact_uf = _UnionFind(n)
         first_of: dict[str, int] = {}
