@@ -202,7 +202,7 @@ def test_data_inspect_defaults(fake, tmp_path):
     render = fake("medcli.data.inspect:render_report")
     invoke("data", "inspect", str(tmp_path / "data"))
     assert inspect_.only_call == {"path": tmp_path / "data", "layout": "auto", "aliases": {}, "near_threshold": DEFAULT_NEAR_THRESHOLD,
-                                  "cache_dir": None, "workers": None}
+                                  "cache_dir": None, "workers": None, "contact_sheet": None}
     assert DEFAULT_NEAR_THRESHOLD == 40  # the number the --near-threshold help text promises
     assert render.only_call["report"] == {"classes": []}
 
@@ -213,9 +213,10 @@ def test_data_inspect_every_option_and_the_json_report(fake, tmp_path):
     inspect_ = fake("medcli.data:inspect_data", returns={"classes": ["a", "b"], "n_images": 2})
     fake("medcli.data.inspect:render_report")
     invoke("data", "inspect", str(tmp_path / "m.npz"), "--json", str(tmp_path / "report.json"), "--layout", "npz",
-           "--alias", "A=a", "--alias", "B=b", "--near-threshold", "0", "--cache-dir", str(tmp_path / "c"), "--workers", "1")
+           "--alias", "A=a", "--alias", "B=b", "--near-threshold", "0", "--cache-dir", str(tmp_path / "c"), "--workers", "1",
+           "--contact-sheet", str(tmp_path / "sheet.png"))
     assert inspect_.only_call == {"path": tmp_path / "m.npz", "layout": "npz", "aliases": {"A": "a", "B": "b"}, "near_threshold": 0,
-                                  "cache_dir": tmp_path / "c", "workers": 1}
+                                  "cache_dir": tmp_path / "c", "workers": 1, "contact_sheet": tmp_path / "sheet.png"}
     assert json.loads((tmp_path / "report.json").read_text()) == {"classes": ["a", "b"], "n_images": 2}  # the report, whole
 
 
