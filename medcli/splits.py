@@ -403,7 +403,7 @@ def _fold_fixes(dev: list[str], plan: _Plan, fold_counts, seeds: bool) -> list[s
     return options
 
 
-def _holdout_seed(plan: _Plan, pool: list[str], fraction: float, parts: tuple[str, str]) -> list[str]:
+def _holdout_seed(plan: _Plan, pool: list[str], fraction: float) -> list[str]:
     """The next ``--seed`` (verified) whose holdout of ``pool`` leaves every class on both sides."""
     for seed in range(plan.seed + 1, plan.seed + 1 + _SEED_TRIES):
         keep, hold = _holdout_ids(pool, plan, fraction, seed)
@@ -473,10 +473,10 @@ def _group_holdout(ids: list[str], plan: _Plan, kind: str) -> tuple[list[str], l
     classes = _classes(plan, ids)
     if kind == "test":
         found = [{"part": part, "fold": None, "class": c} for part, got in (("development", keep), ("test", hold)) for c in sorted(classes - _classes(plan, got))]
-        _check_parts(plan, f"the test holdout ({option} {fraction:g})", found, lambda: _holdout_seed(plan, ids, fraction, ("development", "test")))
+        _check_parts(plan, f"the test holdout ({option} {fraction:g})", found, lambda: _holdout_seed(plan, ids, fraction))
     else:
         found = _missing(plan, ids, [{"fold": 0, "train": keep, "val": hold}])
-        _check_parts(plan, f"the validation holdout ({option} {fraction:g})", found, lambda: _holdout_seed(plan, ids, fraction, ("train", "val")))
+        _check_parts(plan, f"the validation holdout ({option} {fraction:g})", found, lambda: _holdout_seed(plan, ids, fraction))
     return keep, hold
 
 
