@@ -15,6 +15,7 @@ import logging
 import os
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,6 +42,8 @@ def make_splits(
     drop_test_duplicates: bool = False,
     fingerprint: str | None = None,
     excluded: list[dict] | None = None,
+    allow_missing_classes: bool = False,
+    advice: "Advice | None" = None,
 ) -> dict:
     """Build the splits document for the (readable) samples of ``dataset``; nothing is written (see
     :func:`split_data` and :func:`save_splits`).
@@ -64,30 +67,41 @@ def make_splits(
             otherwise they are kept and reported.
         fingerprint: fingerprint of the full dataset (before unreadable files were dropped); default: ``dataset``'s.
         excluded: ``{"id", "reason"}`` for files left out (unreadable).
+        allow_missing_classes: accept a fold whose training or validation part, or a test holdout, lacks a class
+            of its pool (patient groups holding several classes can force it): it is logged as a warning and
+            recorded in ``missing_classes``. Default: refused, since a score over a part without a class
+            (early stopping, the cross-validated mean) is not comparable with the others.
+        advice: how error hints name their fixes (:class:`Advice`; default: options of ``medcli split``).
 
     Returns:
         The ``medcli.splits/1`` document: ``format``, ``medcli_version``, ``created`` (UTC, ISO 8601),
         ``dataset`` (root, layout, fingerprint, ``n_images`` including excluded files), ``settings``, ``classes``,
         ``class_mapping``, ``labels`` (id -> class for every kept image), ``groups`` (id -> ``g<n>`` for images
         sharing a group), ``test_source`` (``dataset`` or ``holdout``), ``test`` (sorted ids), ``folds`` (``fold``,
-        sorted ``train`` and ``val`` ids, and with ``folds=0`` a ``source``), ``excluded`` and ``leakage``.
+        sorted ``train`` and ``val`` ids, and with ``folds=0`` a ``source``), ``excluded`` and ``leakage``; only
+        when ``allow_missing_classes`` accepted a part without some class: ``settings.allow_missing_classes``
+        (true) and ``missing_classes`` (``[{part: test|train|val, fold: n or null, class}]``).
 
     Raises:
         MedcliError: fewer than two classes; ``folds`` 1 or negative; ``test_fraction`` outside (0, 1) when a
             holdout is needed; a class with fewer independent image groups than the folds (or holdout parts)
-            need; a fold without training images of some class.
+            need; a fold (or holdout) part without images of some class, unless ``allow_missing_classes``. Each
+            message names the class, the fold and the options of the command that fix it.
     """
+    advice = advice or Advice()
     _check_settings(dataset, folds)
     samples = sorted(dataset.samples, key=lambda s: s.id)
     ids = [s.id for s in samples]
-    labels = {s.id: s.label for s in samples}
+    labels = {s.id: str(s.label) for s in samples}
     groups = _groups(samples, dups)
-    dev, test, test_source = _test_split(dataset, samples, labels, groups, test_fraction, seed)
+    plan = _Plan(folds, seed, test_fraction, val_fraction, allow_missing_classes, advice, "test" in dataset.splits, "val" in dataset.splits, ids, labels, groups)
+    dev, test, test_source = _test_split(dataset, samples, plan)
     test, leaking, dropped = _test_leakage(test, dev, groups, drop_test_duplicates)
-    fold_list = _dev_folds(dataset, dev, labels, groups, folds, val_fraction, seed)
+    fold_list = _dev_folds(dataset, dev, plan)
     straddling = _val_leakage(fold_list, groups)
     sizes = Counter(groups.values())
-    largest = _warn_large_group(sizes, folds, len(dev))
+    largest = max(sizes.values())
+    _warn_large_group(Counter(groups[i] for i in dev), folds, len(dev))
     kept = set(dev) | set(test)
     doc = {
         "format": SPLITS_FORMAT,
@@ -123,24 +137,94 @@ def make_splits(
             "largest_group": largest,
         },
     }
+    if plan.missing:
+        doc["settings"]["allow_missing_classes"] = True
+        doc["missing_classes"] = plan.missing
     check_splits(doc)
     return doc
 
 
+@dataclass(frozen=True)
+class Advice:
+    """How an error hint names its fixes, true for the command the user ran.
+
+    ``medcli split`` (the default): as its options (``--folds 3``). When ``medcli train`` makes the splits itself
+    (``train=True``; it has no ``--folds``/``--test-fraction``), as the ``medcli split`` command to run first,
+    with ``data`` (the dataset argument) and ``out`` (where train reads the splits).
+    """
+
+    train: bool = False
+    data: str | None = None
+    out: str | None = None
+
+    def fix(self, options: list, other: list[str] | None = None) -> str:
+        """One clause naming the fixes: ``options`` (alternative option settings, each ``"--flag value"`` or
+        ``("--flag value", "note")``) and ``other`` remedies (plain text)."""
+        opts = [o if isinstance(o, tuple) else (o, "") for o in options]
+        other = list(other or [])
+        if not self.train:
+            alternatives = [f"use {flag}" + (f" {note}" if note else "") for flag, note in opts] + other
+        else:
+            data = _quote(self.data or "DATA")
+            out = f" --out {_quote(self.out)}" if self.out else ""
+            commands = [f"`medcli split {data} {flag if flag.startswith('--folds') else '--folds 0 ' + flag}{out}`" for flag, _ in opts]
+            alternatives = []
+            if commands:
+                alternatives.append(
+                    "medcli train made these splits itself (like medcli split --folds 0) and has no such option: run "
+                    + " or ".join(commands) + " first (train then reads that file)"
+                )
+            alternatives += other
+        if not alternatives:
+            return ""
+        return "fix: " + (alternatives[0] if len(alternatives) == 1 else ", or ".join([", ".join(alternatives[:-1]), alternatives[-1]]))
+
+
+def _quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(str(text))
+
+
+@dataclass
+class _Plan:
+    """The settings and facts every step of :func:`make_splits` needs to split and to explain a refusal."""
+
+    folds: int
+    seed: int
+    test_fraction: float
+    val_fraction: float
+    allow_missing: bool
+    advice: Advice
+    own_test: bool
+    own_val: bool
+    ids: list[str]
+    labels: dict[str, str]
+    groups: dict[str, int]
+
+    def __post_init__(self) -> None:
+        self.missing: list[dict] = []
+
+    def n_groups(self, ids: list[str], cls: str) -> int:
+        return len({self.groups[i] for i in ids if self.labels[i] == cls})
+
+
 def _check_settings(dataset: Dataset, folds: int) -> None:
+    if not dataset.samples:
+        raise MedcliError(f"{dataset.root}: no images to split")
     if len(dataset.classes) < 2:
-        raise MedcliError(f"{dataset.root}: only one class ({', '.join(dataset.classes)}) was found; classification needs at least two")
+        raise MedcliError(f"{dataset.root}: only one class ({', '.join(map(str, dataset.classes))}) was found; classification needs at least two")
     if folds == 1 or folds < 0:
         raise MedcliError(f"--folds {folds}: use 0 (the dataset's own train/val split) or at least 2")
 
 
-def _test_split(dataset: Dataset, samples, labels: dict[str, str], groups: dict[str, int], test_fraction: float, seed: int) -> tuple[list[str], list[str], str]:
+def _test_split(dataset: Dataset, samples, plan: _Plan) -> tuple[list[str], list[str], str]:
     """``(development ids, test ids, test source)``: the dataset's own test split, else a stratified group holdout."""
-    if "test" in dataset.splits:
+    if plan.own_test:
         return [s.id for s in samples if s.split != "test"], [s.id for s in samples if s.split == "test"], "dataset"
-    if not 0 < test_fraction < 1:
-        raise MedcliError(f"--test-fraction {test_fraction}: must be between 0 and 1")
-    dev, test = _group_holdout([s.id for s in samples], labels, groups, test_fraction, seed, what="test set")
+    if not 0 < plan.test_fraction < 1:
+        raise MedcliError(f"--test-fraction {plan.test_fraction}: must be between 0 and 1")
+    dev, test = _group_holdout([s.id for s in samples], plan, "test")
     return dev, test, "holdout"
 
 
@@ -158,17 +242,20 @@ def _test_leakage(test: list[str], dev: list[str], groups: dict[str, int], drop:
     return [i for i in test if i not in leaking_set], leaking, leaking
 
 
-def _dev_folds(dataset: Dataset, dev: list[str], labels: dict[str, str], groups: dict[str, int], folds: int, val_fraction: float, seed: int) -> list[dict]:
+def _dev_folds(dataset: Dataset, dev: list[str], plan: _Plan) -> list[dict]:
     """``folds`` grouped, stratified folds of the development pool; with ``folds=0`` one fold: the dataset's own
     train/val split, or a stratified group holdout of ``val_fraction`` when it has no val split."""
-    if folds != 0:
-        return _kfold(dev, labels, groups, folds, seed)
+    if plan.folds != 0:
+        return _kfold(dev, plan)
     by_id = dataset.by_id()
     if any(by_id[i].split == "val" for i in dev):
         train = [i for i in dev if by_id[i].split == "train"]
         val = [i for i in dev if by_id[i].split == "val"]
-        return [{"fold": 0, "train": train, "val": val, "source": "dataset"}]
-    train, val = _group_holdout(dev, labels, groups, val_fraction, seed, what="validation set")
+        fold = {"fold": 0, "train": train, "val": val, "source": "dataset"}
+        _check_parts(plan, "--folds 0 keeps the dataset's own train/val split", _missing(plan, dev, [fold]),
+                     lambda: _fold_fixes(dev, plan, (5, 4, 3, 2), seeds=False))
+        return [fold]
+    train, val = _group_holdout(dev, plan, "val")
     return [{"fold": 0, "train": train, "val": val, "source": "holdout"}]
 
 
@@ -183,15 +270,15 @@ def _val_leakage(fold_list: list[dict], groups: dict[str, int]) -> list[str]:
     return straddling
 
 
-def _warn_large_group(sizes: Counter, folds: int, n_dev: int) -> int:
-    """The largest group's size; warns when it exceeds half of one part of the development pool."""
-    largest = max(sizes.values())
+def _warn_large_group(dev_sizes: Counter, folds: int, n_dev: int) -> None:
+    """Warns when a group's development images exceed half of one part of the development pool (both counts
+    over the development pool: the group's test images are not counted)."""
+    largest = max(dev_sizes.values(), default=0)
     if largest > n_dev / (2 * max(folds, 2)):
         log.warning(
-            "the largest group of duplicates/patients holds %d of %d development images: folds cannot be balanced well; "
+            "the largest group of duplicates/patients holds %d of the %d development images: folds cannot be balanced well; "
             "check it with `medcli data inspect` (or lower --near-threshold)", largest, n_dev
         )
-    return largest
 
 
 def _groups(samples, dups: DuplicateReport) -> dict[str, int]:
@@ -217,45 +304,187 @@ def _sgkf(n_splits: int, seed: int):
     return StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
 
 
-def _check_enough(ids: list[str], labels: dict[str, str], groups: dict[str, int], n_splits: int, what: str) -> None:
-    """Every class needs at least ``n_splits`` independent groups, or some fold would lack it entirely."""
+def _check_enough(ids: list[str], plan: _Plan, n_splits: int, what: str, pool: str, fixes) -> None:
+    """Every class needs at least ``n_splits`` independent groups in ``ids``, or some part would lack it entirely.
+
+    ``fixes(cls, m)`` gives ``(options, other remedies)`` that are true for a class with ``m`` groups there.
+    """
     per_class: dict[str, set[int]] = {}
     for i in ids:
-        per_class.setdefault(labels[i], set()).add(groups[i])
-    cls, members = min(per_class.items(), key=lambda kv: len(kv[1]))
-    if len(members) < n_splits:
+        per_class.setdefault(plan.labels[i], set()).add(plan.groups[i])
+    cls, members = min(sorted(per_class.items()), key=lambda kv: len(kv[1]))
+    m = len(members)
+    if m < n_splits:
+        options, other = fixes(cls, m)
         raise MedcliError(
-            f"cannot make {what}: class {cls!r} has only {len(members)} independent image group(s) "
-            f"(duplicates and patients merged), fewer than the {n_splits} needed; use fewer --folds or a larger fraction"
+            f"cannot make {what}: class '{cls}' has only {m} independent image group(s) in {pool} "
+            f"(duplicates and patients merged), fewer than the {n_splits} needed; "
+            + plan.advice.fix(options, other + [f"add images of class '{cls}' (from other patients)"])
         )
 
 
-def _kfold(dev: list[str], labels: dict[str, str], groups: dict[str, int], k: int, seed: int) -> list[dict]:
-    _check_enough(dev, labels, groups, k, f"{k} folds")
-    y = np.array([labels[i] for i in dev])
-    g = np.array([groups[i] for i in dev])
-    out = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "least populated class has fewer members": we check below
-        for fold, (tr, va) in enumerate(_sgkf(k, seed).split(np.zeros(len(dev)), y, g)):
-            out.append({"fold": fold, "train": [dev[i] for i in tr], "val": [dev[i] for i in va]})
-    for f in out:
-        missing = sorted(set(y) - {labels[i] for i in f["train"]})
-        if missing:
-            raise MedcliError(f"fold {f['fold']} would have no training images of class {missing[0]!r}; use fewer --folds")
+def _dev_pool_note(plan: _Plan, need: int) -> list[str]:
+    """A smaller test holdout leaves more groups for development: suggested only when the test set is a
+    holdout and a smaller ``--test-fraction`` (with this seed) is verified to leave every class ``need`` groups."""
+    if plan.own_test:
+        return []
+    classes = _classes(plan, plan.ids)
+    fewest = min(plan.n_groups(plan.ids, c) for c in classes)
+    for parts in range(max(2, round(1 / plan.test_fraction)) + 1, min(fewest, 20) + 1):
+        dev, test = _holdout_ids(plan.ids, plan, 1 / parts, plan.seed)
+        if _classes(plan, test) == classes and all(plan.n_groups(dev, c) >= need for c in classes):
+            return [(f"--test-fraction {1 / parts:.2g}", "(a smaller test holdout leaves more groups for development)")]
+    return []
+
+
+def _kfold(dev: list[str], plan: _Plan) -> list[dict]:
+    k = plan.folds
+
+    def fixes(cls: str, m: int):
+        options = [f"--folds {m}"] if m >= 2 else []
+        if plan.own_val:
+            options.append(("--folds 0", "(the dataset's own train/val split)"))
+        elif m >= max(2, round(1 / plan.val_fraction)):
+            options.append(("--folds 0", "(one validation holdout)"))
+        return options + _dev_pool_note(plan, k), []
+
+    _check_enough(dev, plan, k, f"{k} folds", "the development pool", fixes)
+    out = _sgkf_folds(dev, plan, k, plan.seed)
+    _check_parts(plan, f"{k} folds", _missing(plan, dev, out), lambda: _fold_fixes(dev, plan, range(k - 1, 1, -1), seeds=True))
     return out
 
 
-def _group_holdout(ids: list[str], labels: dict[str, str], groups: dict[str, int], fraction: float, seed: int, what: str) -> tuple[list[str], list[str]]:
-    """A stratified holdout that keeps groups whole: one fold of a ``round(1/fraction)``-fold grouped split."""
+def _sgkf_folds(dev: list[str], plan: _Plan, k: int, seed: int) -> list[dict]:
+    y = np.array([plan.labels[i] for i in dev])
+    g = np.array([plan.groups[i] for i in dev])
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class has fewer members": we check
+        for fold, (tr, va) in enumerate(_sgkf(k, seed).split(np.zeros(len(dev)), y, g)):
+            out.append({"fold": fold, "train": [dev[i] for i in tr], "val": [dev[i] for i in va]})
+    return out
+
+
+def _classes(plan: _Plan, ids: list[str]) -> set[str]:
+    return {plan.labels[i] for i in ids}
+
+
+def _missing(plan: _Plan, pool: list[str], folds: list[dict]) -> list[dict]:
+    """``{part, fold, class}`` for every fold part (``train``, ``val``) lacking a class of ``pool``."""
+    classes = _classes(plan, pool)
+    return [
+        {"part": part, "fold": f["fold"], "class": cls}
+        for f in folds
+        for part in ("train", "val")
+        for cls in sorted(classes - _classes(plan, f[part]))
+    ]
+
+
+_SEED_TRIES = 20
+
+
+def _fold_fixes(dev: list[str], plan: _Plan, fold_counts, seeds: bool) -> list[str]:
+    """Settings verified to give every fold part every class: the next working ``--seed`` (when ``seeds``), and
+    the largest working fold count of ``fold_counts``."""
+    options = []
+    k = plan.folds
+    if seeds:
+        for seed in range(plan.seed + 1, plan.seed + 1 + _SEED_TRIES):
+            if not _missing(plan, dev, _sgkf_folds(dev, plan, k, seed)):
+                options.append(f"--seed {seed}")
+                break
+    fewest = min(plan.n_groups(dev, c) for c in _classes(plan, dev))
+    for count in fold_counts:
+        if 2 <= count <= fewest and not _missing(plan, dev, _sgkf_folds(dev, plan, count, plan.seed)):
+            options.append(f"--folds {count}")
+            break
+    if not options:
+        return []  # the caller's other remedies remain
+    return options
+
+
+def _holdout_seed(plan: _Plan, pool: list[str], fraction: float) -> list[str]:
+    """The next ``--seed`` (verified) whose holdout of ``pool`` leaves every class on both sides."""
+    for seed in range(plan.seed + 1, plan.seed + 1 + _SEED_TRIES):
+        keep, hold = _holdout_ids(pool, plan, fraction, seed)
+        if _classes(plan, keep) == _classes(plan, hold) == _classes(plan, pool):
+            return [f"--seed {seed}"]
+    return []
+
+
+def _where(m: dict) -> str:
+    if m["fold"] is None:
+        return f"the {m['part']} set"
+    return f"fold {m['fold']}'s {'validation' if m['part'] == 'val' else 'training'} part"
+
+
+def _check_parts(plan: _Plan, what: str, found: list[dict], options) -> None:
+    """Refuse a part lacking a class (one line naming the part, the class and ``options()``, verified fixes).
+
+    A validation or test part may lack a class with ``allow_missing_classes``: then it is logged and recorded
+    in ``plan.missing``. A training part (or development pool) never may: the model could not learn the class.
+    """
+    if not found:
+        return
+    hard = [m for m in found if m["part"] in ("train", "development")]
+    if not hard and plan.allow_missing:
+        for m in found:
+            log.warning("%s has no image of class '%s' (accepted: allow_missing_classes); its scores leave that class out", _where(m), m["class"])
+        plan.missing.extend(found)
+        return
+    first = (hard or found)[0]
+    more = f" ({len(found) - 1} more part(s) lack a class)" if len(found) > 1 else ""
+    escape = [] if hard else [("--allow-missing-classes", "to accept it")]
+    raise MedcliError(
+        f"{what}: {_where(first)} has no image of class '{first['class']}'{more} (patient groups holding several "
+        f"classes can force this; scores over such a part are not comparable with the others); "
+        + plan.advice.fix(options() + escape)
+    )
+
+
+def _holdout_ids(ids: list[str], plan: _Plan, fraction: float, seed: int) -> tuple[list[str], list[str]]:
     n_splits = max(2, round(1 / fraction))
-    _check_enough(ids, labels, groups, n_splits, what)
-    y = np.array([labels[i] for i in ids])
-    g = np.array([groups[i] for i in ids])
+    y = np.array([plan.labels[i] for i in ids])
+    g = np.array([plan.groups[i] for i in ids])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         keep, hold = next(_sgkf(n_splits, seed).split(np.zeros(len(ids)), y, g))
     return [ids[i] for i in keep], [ids[i] for i in hold]
+
+
+def _group_holdout(ids: list[str], plan: _Plan, kind: str) -> tuple[list[str], list[str]]:
+    """A stratified holdout that keeps groups whole: one fold of a ``round(1/fraction)``-fold grouped split.
+    ``kind``: ``test`` (the test set, from the whole dataset) or ``val`` (with ``folds=0``, from development)."""
+    fraction = plan.test_fraction if kind == "test" else plan.val_fraction
+    n_splits = max(2, round(1 / fraction))
+    option = "--test-fraction" if kind == "test" else "--val-fraction"
+
+    def fixes(cls: str, m: int):
+        options = [f"{option} {_fraction_for(m)}"] if m >= 2 else []
+        if kind == "test":
+            return options, ["give the dataset its own test split (a test folder, or a split column in the manifest)"]
+        if m >= 2:
+            options.append(f"--folds {m}")
+        return options + _dev_pool_note(plan, n_splits), ["give the dataset its own val split"]
+
+    what = f"{'the test set' if kind == 'test' else 'the validation set'} ({option} {fraction:g}: one of {n_splits} grouped parts)"
+    _check_enough(ids, plan, n_splits, what, "the dataset" if kind == "test" else "the development pool", fixes)
+    keep, hold = _holdout_ids(ids, plan, fraction, plan.seed)
+    classes = _classes(plan, ids)
+    if kind == "test":
+        found = [{"part": part, "fold": None, "class": c} for part, got in (("development", keep), ("test", hold)) for c in sorted(classes - _classes(plan, got))]
+        _check_parts(plan, f"the test holdout ({option} {fraction:g})", found, lambda: _holdout_seed(plan, ids, fraction))
+    else:
+        found = _missing(plan, ids, [{"fold": 0, "train": keep, "val": hold}])
+        _check_parts(plan, f"the validation holdout ({option} {fraction:g})", found, lambda: _holdout_seed(plan, ids, fraction))
+    return keep, hold
+
+
+def _fraction_for(m: int) -> str:
+    """The largest share (two decimals) whose ``round(1/share)`` grouped parts need at most ``m`` groups."""
+    import math
+
+    return f"{math.ceil(100 / m) / 100:g}"
 
 
 def check_splits(doc: dict, source: str = "splits.json") -> None:
@@ -318,16 +547,30 @@ def split_data(
     near_threshold: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     workers: int | None = None,
+    allow_missing_classes: bool = False,
+    advice: Advice | None = None,
+    decode=None,
+    group_by: str | None = None,
 ) -> dict:
-    """Index and check the dataset at ``path``, make its splits and write them to ``out`` (atomically)."""
+    """Index and check the dataset at ``path``, make its splits and write them to ``out`` (atomically).
+
+    ``decode`` (:class:`~medcli.data.decode.DecodeOptions`: DICOM window, frame) decides the pixels that duplicates
+    are found on; ``group_by`` (``"patient"``/``"study"``) makes each DICOM patient or study one split group
+    (:func:`~medcli.data.load_dataset`). Both are recorded in ``settings`` when given, and ``medcli train`` reads
+    ``group_by`` back. The other settings are those of :func:`make_splits`; ``advice`` says how error hints name their fixes (pass
+    ``Advice(train=True, data=..., out=...)`` when ``medcli train`` makes the splits). Nothing is written when
+    a :class:`MedcliError` is raised (unreadable files without ``skip_bad``, no readable image left, a class
+    whose every file is unreadable, or any refusal of :func:`make_splits`).
+    """
     from .data import DEFAULT_NEAR_THRESHOLD, load_dataset, require_readable, scan_dataset
     from .data.inspect import duplicates_of
     from .data.scan import bad_files
 
-    dataset = load_dataset(path, layout, aliases)
+    dataset = load_dataset(path, layout, aliases, decode=decode, group_by=group_by, cache_dir=cache_dir)
     records = scan_dataset(dataset, cache_dir, workers)
     excluded = [{"id": s.id, "reason": f"unreadable: {why}"} for s, why in bad_files(dataset, records)]
     readable = require_readable(dataset, records, skip_bad)
+    _check_skip_bad(dataset, readable, excluded)
     threshold = DEFAULT_NEAR_THRESHOLD if near_threshold is None else near_threshold
     dups = duplicates_of(readable, records, threshold)
     doc = make_splits(
@@ -340,9 +583,33 @@ def split_data(
         drop_test_duplicates=drop_test_duplicates,
         fingerprint=dataset.fingerprint(),
         excluded=excluded,
+        allow_missing_classes=allow_missing_classes,
+        advice=advice,
     )
+    if group_by:
+        doc["settings"]["group_by"] = group_by
+    if decode is not None and decode.key():
+        doc["settings"]["decode"] = {"window": decode.window, "frame": decode.frame}
     save_splits(doc, out)
     return doc
+
+
+def _check_skip_bad(dataset: Dataset, readable: Dataset, excluded: list[dict]) -> None:
+    """``--skip-bad`` must not leave the data without images, or silently drop a whole class."""
+    if not excluded:
+        return
+    if not readable.samples:
+        raise MedcliError(
+            f"{dataset.root}: no readable image left after --skip-bad: {len(excluded)} unreadable file(s), e.g. "
+            f"{excluded[0]['id']} ({excluded[0]['reason']}); check the files with `medcli data inspect`"
+        )
+    lost = sorted(set(map(str, dataset.classes)) - set(map(str, readable.classes)))
+    if lost:
+        n = sum(1 for s in dataset.samples if str(s.label) == lost[0])
+        raise MedcliError(
+            f"{dataset.root}: class '{lost[0]}' has no readable image left after --skip-bad (all {n} of its files are unreadable); "
+            f"fix or replace them (see `medcli data inspect`), or remove the class"
+        )
 
 
 def summarize(doc: dict) -> str:

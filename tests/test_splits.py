@@ -100,8 +100,10 @@ def test_single_class_and_too_many_folds_are_refused(tmp_path):
     with pytest.raises(MedcliError, match="only one class"):
         split_data(tmp_path / "one", tmp_path / "s.json")
     root = make_synthetic(tmp_path / "d", per_class=3, size=32)
-    with pytest.raises(MedcliError, match="folds"):
+    with pytest.raises(MedcliError, match="test set"):  # the holdout fails first: "fewer --folds" is no fix there
         split_data(root, tmp_path / "s.json", folds=10)
+    with pytest.raises(MedcliError, match="cannot make 10 folds.*use --folds 2"):
+        split_data(root, tmp_path / "s.json", folds=10, test_fraction=0.34)
     assert not (tmp_path / "s.json").exists()  # nothing half-written
 
 

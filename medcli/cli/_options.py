@@ -15,6 +15,20 @@ Workers = typer.Option(None, "--workers", help="Decoding processes (default: the
 SkipBad = typer.Option(False, "--skip-bad", help="Leave unreadable image files out (and say how many) instead of stopping.")
 
 
+def _schema_help(name: str) -> str:
+    """The help text of a training setting, so an option shared with `medcli train` is described once."""
+    from ..training.config import schema
+
+    s = schema()[name]
+    return f"{s.help} (default: {s.default_text})" if s.default_text else s.help
+
+
+Window = typer.Option(None, "--window", help=_schema_help("window"), show_default=False)
+Frame = typer.Option(None, "--frame", help=_schema_help("frame"), show_default=False)
+GroupBy = typer.Option(None, "--group-by", help="Keep each DICOM patient or study in one fold and out of the test split: patient or "
+                       "study (identifiers are stored as salted hashes only).", show_default=False)
+
+
 def setup(verbose: bool = False) -> None:
     from ..progress import setup_logging
 
@@ -32,3 +46,17 @@ def aliases(items: Optional[list[str]]) -> dict[str, str]:
 
     return parse_aliases(items)
 
+
+def decode(window: Optional[str], frame: Optional[int]):
+    """``--window``/``--frame`` as :class:`~medcli.data.decode.DecodeOptions` (one-line errors for bad values)."""
+    from ..data.decode import DecodeOptions
+
+    options = DecodeOptions(window=window, frame=frame)
+    options.validate()
+    return options
+
+
+def group_by(value: Optional[str]) -> Optional[str]:
+    from ..training.config import check_value
+
+    return check_value("group_by", value, "--group-by")

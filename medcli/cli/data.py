@@ -20,20 +20,30 @@ def inspect_cli(
     near_threshold: Optional[int] = opt.NearThreshold,
     cache_dir: Optional[Path] = opt.CacheDir,
     workers: Optional[int] = opt.Workers,
+    contact_sheet: Optional[Path] = typer.Option(None, "--contact-sheet", help="Also write a PNG contact sheet of the duplicate groups (label conflicts, groups across splits, the largest) to judge by eye."),
+    window: Optional[str] = opt.Window,
+    frame: Optional[int] = opt.Frame,
+    group_by: Optional[str] = opt.GroupBy,
+    strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when there are unreadable files, label conflicts or duplicates across splits (for CI); the report is still shown and written."),
 ) -> None:
     """Show what is in a dataset: classes per split, sizes, modes, unreadable files, duplicates and label conflicts."""
     from rich.console import Console
 
     from .._io import write_json
     from ..data import inspect_data
-    from ..data.inspect import render_report
+    from ..data.inspect import render_report, strict_problems
+    from ..errors import MedcliError
 
     opt.setup()
-    report = inspect_data(data, layout=layout, aliases=opt.aliases(alias), near_threshold=opt.near_threshold(near_threshold), cache_dir=cache_dir, workers=workers)
+    report = inspect_data(data, layout=layout, aliases=opt.aliases(alias), near_threshold=opt.near_threshold(near_threshold), cache_dir=cache_dir, workers=workers,
+                          contact_sheet=contact_sheet, decode=opt.decode(window, frame), group_by=opt.group_by(group_by))
     render_report(report, Console())
     if json_out:
         write_json(json_out, report)
         typer.echo(f"report written to {json_out}")
+    problems = strict_problems(report) if strict else []
+    if problems:
+        raise MedcliError(f"--strict: {'; '.join(problems)}")
 
 
 @data_app.command("synth")

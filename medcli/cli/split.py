@@ -27,6 +27,10 @@ def split_cli(
     near_threshold: Optional[int] = opt.NearThreshold,
     cache_dir: Optional[Path] = opt.CacheDir,
     workers: Optional[int] = opt.Workers,
+    window: Optional[str] = opt.Window,
+    frame: Optional[int] = opt.Frame,
+    group_by: Optional[str] = opt.GroupBy,
+    allow_missing_classes: bool = typer.Option(False, "--allow-missing-classes", help="Accept a fold (or holdout) whose validation or test part lacks a class, when patient groups holding several classes force it; recorded in splits.json. Default: refused (scores over such a part are not comparable)."),
 ) -> None:
     """Make deterministic, leak-free cross-validation splits (duplicates and patient groups never straddle folds)."""
     from ..splits import split_data, summarize
@@ -37,7 +41,8 @@ def split_cli(
     doc = split_data(
         data, out, layout=layout, aliases=opt.aliases(alias), folds=folds, seed=seed, test_fraction=test_fraction,
         val_fraction=val_fraction, drop_test_duplicates=drop_test_duplicates, skip_bad=skip_bad,
-        near_threshold=near_threshold, cache_dir=cache_dir, workers=workers,
+        near_threshold=near_threshold, cache_dir=cache_dir, workers=workers, allow_missing_classes=allow_missing_classes,
+        decode=opt.decode(window, frame), group_by=opt.group_by(group_by),
     )
     typer.echo(summarize(doc))
     typer.echo(f"splits written to {out}")

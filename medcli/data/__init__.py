@@ -32,10 +32,20 @@ def inspect_data(
     workers: int | None = None,
     decode: DecodeOptions | None = None,
     group_by: str | None = None,
+    contact_sheet: str | os.PathLike | None = None,
 ) -> dict:
-    """Index, decode and check every image of the dataset at ``path``; return the inspection report."""
+    """Index, decode and check every image of the dataset at ``path``; return the inspection report. With
+    ``contact_sheet``, also write the PNG contact sheet of the duplicate groups there
+    (:func:`medcli.data.contact_sheet.write_contact_sheet`) and record its path in the report."""
     from .inspect import build_report, duplicates_of
 
     dataset = load_dataset(path, layout, aliases, decode=decode, group_by=group_by, cache_dir=cache_dir)
     records = scan_dataset(dataset, cache_dir, workers)
-    return build_report(dataset, records, duplicates_of(dataset, records, near_threshold))
+    dups = duplicates_of(dataset, records, near_threshold)
+    report = build_report(dataset, records, dups)
+    if contact_sheet is not None:
+        from .contact_sheet import write_contact_sheet
+
+        write_contact_sheet(dataset, records, dups, contact_sheet)
+        report["contact_sheet"] = str(contact_sheet)
+    return report

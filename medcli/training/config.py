@@ -86,9 +86,10 @@ class TrainConfig:
                                  default_text="results/<dataset>/splits.json, made from the dataset's own train/val split if missing")
     fold: int = setting(0, "Which fold of the splits to train.", DATA, workflow="grid", minimum=0)
     skip_bad: bool = setting(False, "When splits are made here: leave unreadable files out.", DATA, workflow="dataset")
-    group_by: str | None = setting(None, "When splits are made here: keep each DICOM patient or study in one fold (identifiers "
-                                   "are stored as salted hashes only).", DATA, workflow="dataset", choices=("patient", "study"),
-                                   default_text="the manifest's group column, else none")
+    group_by: str | None = setting(None, "Keep each DICOM patient or study in one fold (identifiers are stored as salted hashes "
+                                   "only); used when splits are made here, and read back from a splits file made with it.", DATA,
+                                   workflow="dataset", choices=("patient", "study"),
+                                   default_text="the splits file's, else the manifest's group column")
     allow_missing_classes: bool = setting(False, "When splits are made here: accept folds whose training or validation part lacks "
                                           "a class (their scores are biased; refused by default).", DATA, workflow="dataset")
     window: str | None = setting(None, "DICOM window: a preset (lung, mediastinum, bone, brain) or CENTRE,WIDTH in modality units "
@@ -323,16 +324,29 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         if not Path(weights).is_file():
             raise MedcliError(f"--weights {cfg.weights}: file not found (use imagenet, none or a weights file)")
     check_combination(cfg.backbone, cfg.strategy, None if weights == "none" else weights)
+    from ..data.decode import DecodeOptions
+
+    DecodeOptions(window=cfg.window, frame=cfg.frame).validate()
     note = combination_note(cfg.backbone, cfg.strategy, None if weights == "none" else weights)
     if note:
         import logging
 
         logging.getLogger("medcli").warning(note)
     name = cfg.dataset_name or paths.dataset_name(cfg.data)
+    group_by = cfg.group_by or _recorded_group_by(cfg.splits or paths.splits_file(cfg.results, name))
     img_size = cfg.img_size or info.input_size
     out = cfg.out or paths.run_dir(cfg.results, name, cfg.backbone, cfg.strategy, cfg.seed, cfg.fold)
     augment = default_augment(cfg.strategy) if cfg.augment is None else bool(cfg.augment)
-    return replace(cfg, dataset_name=name, weights=weights, img_size=img_size, out=str(out), augment=augment)
+    return replace(cfg, dataset_name=name, weights=weights, img_size=img_size, out=str(out), augment=augment, group_by=group_by)
+
+
+def _recorded_group_by(splits_file: str) -> str | None:
+    """The ``group_by`` an existing splits file was made with: the dataset must be read with the same groups."""
+    try:
+        with open(splits_file) as fh:
+            return (json.load(fh).get("settings") or {}).get("group_by")
+    except (OSError, ValueError, AttributeError):
+        return None  # no or unreadable splits file: load_splits reports it
 
 
 def default_augment(strategy: str) -> bool:

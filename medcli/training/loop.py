@@ -82,7 +82,7 @@ def load_fold(cfg: TrainConfig, accelerator) -> Fold:
     from ..data.decode import DecodeOptions
     from ..data.store import StoreSettings, materialize
     from ..models import get_backbone
-    from ..splits import load_splits, split_data, splits_fingerprint
+    from ..splits import Advice, load_splits, split_data, splits_fingerprint
 
     dataset = load_dataset(cfg.data, cfg.layout, cfg.aliases, decode=DecodeOptions(window=cfg.window, frame=cfg.frame),
                            group_by=cfg.group_by, cache_dir=cfg.cache_dir)
@@ -92,9 +92,12 @@ def load_fold(cfg: TrainConfig, accelerator) -> Fold:
             raise MedcliError(f"--splits {cfg.splits}: file not found; make it with `medcli split`")
         with accelerator.main_process_first():
             if accelerator.is_main_process and not os.path.exists(splits_path):
-                log.info("no splits given: using the dataset's own train/val split (or a stratified holdout); written to %s", splits_path)
+                log.info("no splits given: making them as `medcli split --folds 0` would (the dataset's own train/val split, or a stratified holdout)")
                 split_data(cfg.data, splits_path, layout=cfg.layout, aliases=cfg.aliases, folds=0, seed=cfg.seed,
-                           skip_bad=cfg.skip_bad, cache_dir=cfg.cache_dir, workers=cfg.workers)
+                           skip_bad=cfg.skip_bad, cache_dir=cfg.cache_dir, workers=cfg.workers,
+                           allow_missing_classes=cfg.allow_missing_classes, decode=dataset.decode, group_by=cfg.group_by,
+                           advice=Advice(train=True, data=str(cfg.data), out=str(splits_path)))
+                log.info("splits written to %s", splits_path)  # only once they are: split_data raises before writing
     doc = load_splits(splits_path, dataset)
     if not 0 <= cfg.fold < len(doc["folds"]):
         raise MedcliError(f"--fold {cfg.fold}: {splits_path} has folds 0..{len(doc['folds']) - 1}")
