@@ -570,7 +570,6 @@ def split_data(
     records = scan_dataset(dataset, cache_dir, workers)
     excluded = [{"id": s.id, "reason": f"unreadable: {why}"} for s, why in bad_files(dataset, records)]
     readable = require_readable(dataset, records, skip_bad)
-    _check_skip_bad(dataset, readable, excluded)
     threshold = DEFAULT_NEAR_THRESHOLD if near_threshold is None else near_threshold
     dups = duplicates_of(readable, records, threshold)
     doc = make_splits(
@@ -592,24 +591,6 @@ def split_data(
         doc["settings"]["decode"] = {"window": decode.window, "frame": decode.frame}
     save_splits(doc, out)
     return doc
-
-
-def _check_skip_bad(dataset: Dataset, readable: Dataset, excluded: list[dict]) -> None:
-    """``--skip-bad`` must not leave the data without images, or silently drop a whole class."""
-    if not excluded:
-        return
-    if not readable.samples:
-        raise MedcliError(
-            f"{dataset.root}: no readable image left after --skip-bad: {len(excluded)} unreadable file(s), e.g. "
-            f"{excluded[0]['id']} ({excluded[0]['reason']}); check the files with `medcli data inspect`"
-        )
-    lost = sorted(set(map(str, dataset.classes)) - set(map(str, readable.classes)))
-    if lost:
-        n = sum(1 for s in dataset.samples if str(s.label) == lost[0])
-        raise MedcliError(
-            f"{dataset.root}: class '{lost[0]}' has no readable image left after --skip-bad (all {n} of its files are unreadable); "
-            f"fix or replace them (see `medcli data inspect`), or remove the class"
-        )
 
 
 def summarize(doc: dict) -> str:

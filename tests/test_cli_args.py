@@ -20,6 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medcli.cli import app
+from medcli.data.decode import DecodeOptions
 
 
 class Recorder:
@@ -81,6 +82,7 @@ def test_split_defaults(fake, tmp_path):
         "path": tmp_path / "data", "out": Path("results", "data", "splits.json"), "layout": "auto", "aliases": {}, "folds": 5, "seed": 0,
         "test_fraction": 0.2, "val_fraction": 0.2, "drop_test_duplicates": False, "skip_bad": False,
         "near_threshold": None, "cache_dir": None, "workers": None, "allow_missing_classes": False, "advice": None,
+        "decode": DecodeOptions(), "group_by": None,
     }
     assert isinstance(split.only_call["path"], Path)
     assert "splits written to results/data/splits.json" in out  # where medcli train looks by default
@@ -92,11 +94,13 @@ def test_split_every_option(fake, tmp_path):
     out = invoke("split", str(tmp_path / "data.csv"), "-o", str(tmp_path / "s.json"), "-k", "3", "--seed", "7",
                  "--test-fraction", "0.25", "--val-fraction", "0.1", "--drop-test-duplicates", "--layout", "csv",
                  "--alias", "adeno_left=adeno", "--alias", " B = b ", "--skip-bad", "--near-threshold", "12",
-                 "--cache-dir", str(tmp_path / "cache"), "--workers", "2", "--allow-missing-classes")
+                 "--cache-dir", str(tmp_path / "cache"), "--workers", "2", "--allow-missing-classes", "--window", "lung",
+                 "--frame", "2", "--group-by", "patient")
     assert split.only_call == {
         "path": tmp_path / "data.csv", "out": tmp_path / "s.json", "layout": "csv", "aliases": {"adeno_left": "adeno", "B": "b"},
         "folds": 3, "seed": 7, "test_fraction": 0.25, "val_fraction": 0.1, "drop_test_duplicates": True, "skip_bad": True,
         "near_threshold": 12, "cache_dir": tmp_path / "cache", "workers": 2, "allow_missing_classes": True, "advice": None,
+        "decode": DecodeOptions(window="lung", frame=2), "group_by": "patient",
     }
     assert summarize.only_call == {"doc": {"folds": []}}  # the summary printed is that of the splits just made
     assert "SUMMARY LINE" in out
@@ -202,7 +206,7 @@ def test_data_inspect_defaults(fake, tmp_path):
     render = fake("medcli.data.inspect:render_report")
     invoke("data", "inspect", str(tmp_path / "data"))
     assert inspect_.only_call == {"path": tmp_path / "data", "layout": "auto", "aliases": {}, "near_threshold": DEFAULT_NEAR_THRESHOLD,
-                                  "cache_dir": None, "workers": None, "contact_sheet": None}
+                                  "cache_dir": None, "workers": None, "contact_sheet": None, "decode": DecodeOptions(), "group_by": None}
     assert DEFAULT_NEAR_THRESHOLD == 40  # the number the --near-threshold help text promises
     assert render.only_call["report"] == {"classes": []}
 
@@ -214,9 +218,10 @@ def test_data_inspect_every_option_and_the_json_report(fake, tmp_path):
     fake("medcli.data.inspect:render_report")
     invoke("data", "inspect", str(tmp_path / "m.npz"), "--json", str(tmp_path / "report.json"), "--layout", "npz",
            "--alias", "A=a", "--alias", "B=b", "--near-threshold", "0", "--cache-dir", str(tmp_path / "c"), "--workers", "1",
-           "--contact-sheet", str(tmp_path / "sheet.png"))
+           "--contact-sheet", str(tmp_path / "sheet.png"), "--window", "40,400")
     assert inspect_.only_call == {"path": tmp_path / "m.npz", "layout": "npz", "aliases": {"A": "a", "B": "b"}, "near_threshold": 0,
-                                  "cache_dir": tmp_path / "c", "workers": 1, "contact_sheet": tmp_path / "sheet.png"}
+                                  "cache_dir": tmp_path / "c", "workers": 1, "contact_sheet": tmp_path / "sheet.png",
+                                  "decode": DecodeOptions(window="40,400"), "group_by": None}
     assert json.loads((tmp_path / "report.json").read_text()) == {"classes": ["a", "b"], "n_images": 2}  # the report, whole
 
 

@@ -240,7 +240,7 @@ def test_skip_bad_that_empties_a_class_is_an_error(tmp_path):
     (root / "b").mkdir()
     (root / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     ds = load_dataset(root)
-    with pytest.raises(MedcliError, match="class b has no readable image.*broken.png"):
+    with pytest.raises(MedcliError, match="class 'b' has no readable image left after --skip-bad.*broken.png"):
         require_readable(ds, scan_dataset(ds), skip_bad=True)
 
 

@@ -163,13 +163,6 @@ def test_dicom_facts_count_each_value_only_when_there_are_dicom_files(tmp_path):
 
 
 def _with_dicom(record):
-    @dataclasses.dataclass(frozen=True)
-    class WithDicom(type(record)):
-        modality: str | None = "CT"
-        photometric: str | None = "MONOCHROME2"
-        bits_stored: int | None = 12
-        transfer_syntax: str | None = "1.2.840.10008.1.2.1"
-        window: tuple | None = (40, 400)
-        frames: int | None = 1
-
-    return WithDicom(**dataclasses.asdict(record))
+    """The scan record of a PNG, given the DICOM facts a CT file would have (ScanRecord carries the fields)."""
+    return dataclasses.replace(record, modality="CT", photometric="MONOCHROME2", bits_stored=12,
+                               transfer_syntax="1.2.840.10008.1.2.1", window="40,400", frames=1)

@@ -102,7 +102,8 @@ def dicom_facts(records: list[ScanRecord]) -> dict | None:
     """Per DICOM field (:data:`DICOM_FIELDS`), ``{value: number of images}`` over the records that have any of
     them (``n_images``); ``None`` when none has (no DICOM file). A missing value counts as ``"none"``; a window
     ``(center, width)`` reads ``"center,width"``."""
-    dicom = [r for r in records if any(getattr(r, name, None) is not None for name in DICOM_FIELDS)]
+    # ``frames`` is recorded for every format; the DICOM-only fields say whether a record is a DICOM file
+    dicom = [r for r in records if any(getattr(r, name, None) is not None for name in DICOM_FIELDS if name != "frames")]
     if not dicom:
         return None
     out: dict = {"n_images": len(dicom)}

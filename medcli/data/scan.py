@@ -246,14 +246,20 @@ def require_readable(dataset: Dataset, records: dict[str, ScanRecord], skip_bad:
         )
     bad_ids = {s.id for s, _ in bad}
     kept = [s for s in dataset.samples if s.id not in bad_ids]
+    if not kept:
+        raise MedcliError(
+            f"{dataset.root}: no readable image left after --skip-bad: {len(bad)} unreadable file(s), e.g. "
+            f"{bad[0][0].path} ({bad[0][1]}); check the files with `medcli data inspect`"
+        )
     left = Counter(s.label for s in kept)
     for cls in dataset.classes:
         if not left[cls]:
             lost = [(s, why) for s, why in bad if s.label == cls]
-            example = f"{lost[0][0].path} ({lost[0][1]})" if lost else ""
+            example = f", e.g. {lost[0][0].path} ({lost[0][1]})" if lost else ""
             raise MedcliError(
-                f"class {cls} has no readable image: all {len(lost)} of its file(s) are unreadable, e.g. {example}; "
-                "fix the files (e.g. --frame N for multi-frame files) or remove the class"
+                f"{dataset.root}: class '{cls}' has no readable image left after --skip-bad (all {len(lost)} of its files are "
+                f"unreadable{example}); fix or replace them (e.g. --frame N for multi-frame files; see `medcli data inspect`), "
+                "or remove the class"
             )
     logging.getLogger("medcli").warning("--skip-bad: leaving out %d unreadable image file(s)", len(bad))
     return replace(dataset, classes=sorted({s.label for s in kept}), samples=kept)
