@@ -112,6 +112,9 @@ class TrainConfig:
     partial_stages: int = setting(1, "partial: how many of the last backbone stages train.", MODEL, minimum=1)
     freeze_epochs: int = setting(1, "two-phase: epochs of head-only training.", MODEL, minimum=1)
     lr_mult: float = setting(100.0, "two-phase: head lr / first stage lr.", MODEL, minimum=1)
+    layer_decay: float | None = setting(None, "full and two-phase: layer-wise learning-rate decay, each stage's lr = the next "
+                                        "stage's × this factor (BEiT/timm fine-tuning; e.g. 0.75).", MODEL,
+                                        exclusive_minimum=0, maximum=1, default_text="off")
     # optimisation
     epochs: int = setting(30, "Maximum number of epochs.", OPTIMISATION, minimum=1, short="-e")
     batch_size: int = setting(32, "Global batch size (split over processes).", OPTIMISATION, minimum=1)
