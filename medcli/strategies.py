@@ -9,6 +9,10 @@ two-phase    fastai's ``fine_tune``: the head alone for ``freeze_epochs`` epochs
              discriminative learning rates (lower for early stages)
 ===========  =======================================================================================
 
+``full`` and ``two-phase`` also take ``layer_decay`` (layer-wise learning-rate decay, BEiT/timm): each trunk stage
+trains at the next stage's rate times the factor, the head at the full rate (:func:`layer_decay_groups`). The other
+strategies refuse it (:func:`setting_problem`).
+
 :func:`build_plan` turns a strategy into a :class:`Plan` of :class:`Phase` objects for a concrete model. The
 training loop, once per epoch::
 
@@ -114,6 +118,7 @@ class PlanSettings:
     partial_stages: int = 1
     freeze_epochs: int = 1
     lr_mult: float = 100.0
+    layer_decay: float | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,8 @@ class StrategyInfo:
         needs_pretrained: refuses random initial weights; ``random_weights_reason`` says why.
         allows_pretrained: False for strategies defined by random initialisation (scratch).
         phases: ``(model, settings) -> phases`` covering epochs ``0 .. settings.epochs - 1``.
+        uses_layer_decay: its phases read ``settings.layer_decay``; the others refuse a value
+            (:func:`setting_problem`).
     """
 
     name: str
@@ -132,6 +139,7 @@ class StrategyInfo:
     phases: Callable[[Classifier, PlanSettings], list[Phase]]
     allows_pretrained: bool = True
     random_weights_reason: str = ""
+    uses_layer_decay: bool = False
 
 
 _STRATEGIES: Registry[StrategyInfo] = Registry("strategy")
@@ -160,14 +168,41 @@ def _weights_kind(weights: str | os.PathLike | None) -> str | None:
     return "file"
 
 
-def combination_problem(backbone: str, strategy: str, weights: str | os.PathLike | None) -> str | None:
-    """Why ``backbone`` + ``strategy`` + ``weights`` makes no sense, or None if it does.
+def setting_problem(strategy: str, layer_decay: float | None = None) -> str | None:
+    """Why a strategy setting does not fit ``strategy``, or None: today ``layer_decay``.
 
-    Meant for skipping cells of an experiment grid with a logged reason. Unknown names still raise: a typo
-    must not silently empty a grid. Whether a weights file exists is checked when the model is built.
+    Layer-wise learning-rate decay needs 0 < ``layer_decay`` <= 1 and a strategy that trains the whole trunk
+    (``full``, ``two-phase``: ``StrategyInfo.uses_layer_decay``). ``linear`` and ``partial`` train too few stages
+    for a per-stage schedule to mean anything, and ``scratch`` has no pretrained features to protect, which is
+    what the decay is for (BEiT, Bao et al. 2021, §2.3). A value that would be ignored is refused rather than
+    dropped, so that a run's recorded settings are the ones it trained with. Unknown strategies raise.
+    """
+    strat = get_strategy(strategy)
+    if layer_decay is None:
+        return None
+    if not 0 < layer_decay <= 1:
+        return f"layer decay {layer_decay}: use a factor in (0, 1] (1 = the same rate for every stage; e.g. 0.75)"
+    if not strat.uses_layer_decay:
+        users = " and ".join(f"'{name}'" for name in list_strategies() if get_strategy(name).uses_layer_decay)
+        return (f"layer decay {layer_decay}: only strategies {users} use layer-wise learning-rate decay, "
+                f"not '{strategy}'; drop the layer decay or change the strategy")
+    return None
+
+
+def combination_problem(backbone: str, strategy: str, weights: str | os.PathLike | None, *,
+                        layer_decay: float | None = None) -> str | None:
+    """Why ``backbone`` + ``strategy`` + ``weights`` (+ ``layer_decay``) makes no sense, or None if it does.
+
+    Meant for skipping cells of an experiment grid with a logged reason, and (through :func:`check_combination`)
+    for refusing a training run: one rule, two outcomes. Unknown names still raise: a typo must not silently
+    empty a grid. Whether a weights file exists is checked when the model is built. ``layer_decay`` is checked
+    by :func:`setting_problem`.
     """
     info = get_backbone(backbone)
     strat = get_strategy(strategy)
+    setting = setting_problem(strategy, layer_decay)
+    if setting:
+        return setting
     kind = _weights_kind(weights)
     if kind == "imagenet" and info.imagenet_weights is None:
         return f"{backbone} has no ImageNet weights: use a weights file of a trained {backbone}, or weights 'none'"
@@ -199,9 +234,10 @@ def combination_note(backbone: str, strategy: str, weights: str | os.PathLike | 
     return None
 
 
-def check_combination(backbone: str, strategy: str, weights: str | os.PathLike | None) -> None:
+def check_combination(backbone: str, strategy: str, weights: str | os.PathLike | None, *,
+                      layer_decay: float | None = None) -> None:
     """Raise :class:`MedcliError` with the reason if the combination makes no sense."""
-    problem = combination_problem(backbone, strategy, weights)
+    problem = combination_problem(backbone, strategy, weights, layer_decay=layer_decay)
     if problem:
         raise MedcliError(problem)
 
@@ -223,8 +259,46 @@ def _head_only(model: Classifier, start: int, stop: int, lr: float) -> Phase:
     return Phase("head only (trunk frozen)", start, stop, (("head", lr, _head(model)),), (model.trunk,))
 
 
+def trunk_stage_parameters(model: Classifier) -> list[tuple[nn.Parameter, ...]]:
+    """Every trunk parameter exactly once, grouped by stage from input to output.
+
+    :meth:`Classifier.stage_parameters` lists what the backbone's ``stages`` name; a trunk parameter no stage
+    names (a backbone whose stages come from a pattern that misses, say, a final norm) joins the first stage,
+    the stem: the most general features, trained at the lowest rate. A parameter named by two stages is an error
+    of the backbone's description (an optimizer refuses a parameter in two groups).
+    """
+    stages = [list(group) for group in model.stage_parameters()]
+    where: dict[int, int] = {}
+    for i, group in enumerate(stages):
+        for param in group:
+            if id(param) in where:
+                raise ValueError(f"backbone {model.backbone!r}: a trunk parameter is in stages {where[id(param)]} and {i}")
+            where[id(param)] = i
+    stages[0].extend(p for p in model.trunk.parameters() if id(p) not in where)
+    return [tuple(group) for group in stages]
+
+
+def layer_decay_groups(model: Classifier, lr: float, decay: float) -> tuple[tuple[str, float, tuple[nn.Parameter, ...]], ...]:
+    """Layer-wise learning-rate decay: ``(name, lr, params)`` groups ``stage 0`` (stem) .. ``stage N-1``, ``head``.
+
+    The head trains at ``lr``, the last trunk stage at ``lr * decay``, the one before at ``lr * decay**2``, down to
+    the stem at ``lr * decay**N``: BEiT's fine-tuning recipe (Bao et al. 2021, "BEiT: BERT Pre-Training of Image
+    Transformers", §2.3 and appendix), as timm's ``optim.param_groups_layer_decay`` implements it (layer ``i`` of
+    ``max`` gets ``layer_decay ** (max - i)``). timm counts blocks; here the unit is one of the backbone's
+    ``stages``, so CNNs and transformers get the same number of rates as ``partial``/``two-phase`` see. timm stores
+    the factor as ``lr_scale`` for its own schedulers; the rate is stored here, which torch's schedulers scale.
+    Every trunk parameter is in exactly one group (:func:`trunk_stage_parameters`).
+    """
+    stages = trunk_stage_parameters(model)
+    n = len(stages)
+    groups = tuple((f"stage {i}", lr * decay ** (n - i), params) for i, params in enumerate(stages))
+    return (*groups, ("head", lr, _head(model)))
+
+
 def _everything(name: str) -> Callable[[Classifier, PlanSettings], list[Phase]]:
     def phases(model: Classifier, s: PlanSettings) -> list[Phase]:
+        if s.layer_decay is not None:
+            return [Phase(f"{name}, layer decay {s.layer_decay:g}", 0, s.epochs, layer_decay_groups(model, s.lr, s.layer_decay))]
         groups = (("trunk", s.lr, tuple(model.trunk.parameters())), ("head", s.lr, _head(model)))
         return [Phase(name, 0, s.epochs, groups)]
 
@@ -257,17 +331,31 @@ def even_mults(start: float, stop: float, n: int) -> list[float]:
 
 
 def _two_phase(model: Classifier, s: PlanSettings) -> list[Phase]:
+    """fastai's ``fine_tune`` (Howard & Gugger 2020): the head alone at ``lr``, then everything at ``lr / 2``.
+
+    The second phase's rates fall from the head (``lr / 2``) to the stem: spaced geometrically over the stages so
+    that head / stem = ``lr_mult`` (fastai's ``slice(base_lr / lr_mult, base_lr)``), or, when ``layer_decay`` is
+    set, each stage at the next one's rate times ``layer_decay`` (:func:`layer_decay_groups`, BEiT/timm). The
+    layer decay wins over ``lr_mult``: ``lr_mult`` has a default (100) and cannot tell a chosen value from an
+    untouched one, whereas ``layer_decay`` is off unless asked for. Both keep fastai's halving of the base rate, so
+    the head's rate in the second phase is the same either way and only the spacing differs; the first phase is
+    the same either way.
+    """
     if not 1 <= s.freeze_epochs < s.epochs:
         raise MedcliError(
             f"freeze_epochs {s.freeze_epochs} with epochs {s.epochs}: two-phase needs 1 <= freeze_epochs < epochs "
             f"(epochs counts both phases)"
         )
-    stages = model.stage_parameters()
+    base = s.lr / 2
+    if s.layer_decay is not None:
+        groups = layer_decay_groups(model, base, s.layer_decay)
+        unfrozen = Phase(f"all, layer decay {s.layer_decay:g}", s.freeze_epochs, s.epochs, groups)
+        return [_head_only(model, 0, s.freeze_epochs, s.lr), unfrozen]
+    stages = trunk_stage_parameters(model)
     # fastai fine_tune: base_lr is halved for the unfrozen phase and spread as slice(base_lr / lr_mult, base_lr)
     # over all parameter groups, input stage lowest, head highest.
-    base = s.lr / 2
     lrs = even_mults(base / s.lr_mult, base, len(stages) + 1)
-    groups = tuple((f"stage {i}", lrs[i], tuple(params)) for i, params in enumerate(stages))
+    groups = tuple((f"stage {i}", lrs[i], params) for i, params in enumerate(stages))
     unfrozen = Phase("all, discriminative lr", s.freeze_epochs, s.epochs, (*groups, ("head", lrs[-1], _head(model))))
     return [_head_only(model, 0, s.freeze_epochs, s.lr), unfrozen]
 
@@ -288,10 +376,11 @@ register_strategy(StrategyInfo(
 # training log says so, and an experiment grid should not list both.
 register_strategy(StrategyInfo(
     "full", "pretrained initialisation (if weights are given), all parameters train", False, _everything("all (fine-tuning)"),
+    uses_layer_decay=True,
 ))
 register_strategy(StrategyInfo(
     "two-phase", "head only for freeze_epochs epochs, then all with discriminative learning rates (fastai fine_tune)",
-    True, _two_phase, random_weights_reason="starts by training a head on random features",
+    True, _two_phase, random_weights_reason="starts by training a head on random features", uses_layer_decay=True,
 ))
 
 
@@ -304,6 +393,7 @@ def build_plan(
     partial_stages: int = 1,
     freeze_epochs: int = 1,
     lr_mult: float = 100.0,
+    layer_decay: float | None = None,
 ) -> Plan:
     """The training plan of ``strategy`` for ``model``.
 
@@ -313,7 +403,10 @@ def build_plan(
         lr: base learning rate (the peak rate, if the loop schedules it).
         partial_stages: ``partial``: how many of the last trunk stages train.
         freeze_epochs: ``two-phase``: epochs of the head-only phase.
-        lr_mult: ``two-phase``: ratio between the head's and the first stage's learning rate.
+        lr_mult: ``two-phase``: ratio between the head's and the first stage's learning rate (unused when
+            ``layer_decay`` is set).
+        layer_decay: ``full`` and ``two-phase``: layer-wise learning-rate decay factor in (0, 1], None = off
+            (:func:`layer_decay_groups`); other strategies refuse it (:func:`setting_problem`).
     """
     info = get_strategy(strategy)
     if int(epochs) < 1:
@@ -322,7 +415,11 @@ def build_plan(
         raise MedcliError(f"lr {lr}: the learning rate must be positive")
     if not lr_mult >= 1:
         raise MedcliError(f"lr_mult {lr_mult}: use a ratio >= 1 (1 = the same rate for every stage)")
-    settings = PlanSettings(int(epochs), float(lr), int(partial_stages), int(freeze_epochs), float(lr_mult))
+    problem = setting_problem(strategy, layer_decay)
+    if problem:
+        raise MedcliError(problem)
+    settings = PlanSettings(int(epochs), float(lr), int(partial_stages), int(freeze_epochs), float(lr_mult),
+                            None if layer_decay is None else float(layer_decay))
     phases = tuple(info.phases(model, settings))
     if phases[0].start != 0 or phases[-1].stop != settings.epochs or any(
         a.stop != b.start for a, b in zip(phases, phases[1:])

@@ -355,7 +355,8 @@ def build_model(cfg: TrainConfig, n_classes: int):
                          weights=None if cfg.weights == "none" else cfg.weights, dropout=cfg.dropout, hidden=cfg.hidden, img_size=cfg.img_size)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    plan = build_plan(model, cfg.strategy, epochs=cfg.epochs, lr=cfg.lr, partial_stages=cfg.partial_stages, freeze_epochs=cfg.freeze_epochs, lr_mult=cfg.lr_mult)
+    plan = build_plan(model, cfg.strategy, epochs=cfg.epochs, lr=cfg.lr, partial_stages=cfg.partial_stages, freeze_epochs=cfg.freeze_epochs, lr_mult=cfg.lr_mult,
+                      layer_decay=cfg.layer_decay)
     return model, plan
 
 
