@@ -103,6 +103,30 @@ class Plan:
     def describe(self) -> list[str]:
         return [f"{self.strategy}: {phase.describe()}" for phase in self.phases]
 
+    def param_groups_summary(self, model: nn.Module) -> list[dict]:
+        """Per phase, which learning rate each part of ``model`` trains with (``config.json``'s
+        ``summary.param_groups``).
+
+        One ``{"phase", "epochs": [first, last] (1-based), "groups"}`` per phase; ``groups``: the optimizer's
+        parameter groups in order, ``{"name", "lr" (the peak rate, which the warm-up + cosine schedule scales),
+        "n_params" (number of values), "n_tensors", "trainable": true}``, leaving out empty groups as the optimizer
+        does, then, when something is frozen, ``{"name": "frozen", "lr": null, …, "trainable": false}`` for every
+        parameter of ``model`` in no group.
+        """
+        out = []
+        for phase in self.phases:
+            groups = [_group_entry(name, lr, params, True) for name, lr, params in phase.groups if params]
+            trainable = {id(p) for p in phase.trainable}
+            frozen = [p for p in model.parameters() if id(p) not in trainable]
+            if frozen:
+                groups.append(_group_entry("frozen", None, frozen, False))
+            out.append({"phase": phase.name, "epochs": [phase.start + 1, phase.stop], "groups": groups})
+        return out
+
+
+def _group_entry(name: str, lr: float | None, params, trainable: bool) -> dict:
+    return {"name": name, "lr": lr, "n_params": sum(p.numel() for p in params), "n_tensors": len(params), "trainable": trainable}
+
 
 def set_train_mode(model: nn.Module, phase: Phase) -> None:
     """``model.train()``, then frozen parts back to ``eval()`` so their BatchNorm statistics stay fixed."""

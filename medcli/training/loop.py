@@ -278,7 +278,9 @@ def train(cfg: TrainConfig) -> dict:
     Returns the summary also stored in ``config.json``: ``best_epoch`` (1-based), ``best_score``, ``monitor``,
     ``epochs_run``, ``stopped_early``, ``train_seconds`` (including the epochs before a resume), precision and
     device facts, normalization ``mean``/``std`` (one value per channel), ``class_weights``, ``n_train``,
-    ``n_val``, ``feature_cache`` and ``out``.
+    ``n_val``, ``feature_cache``, ``param_groups`` (per phase of the plan, each optimizer parameter group's name,
+    peak learning rate and size, and the frozen rest: :meth:`medcli.strategies.Plan.param_groups_summary`) and
+    ``out``.
 
     Raises :class:`MedcliError` for a missing ``--splits`` file, a fold number the splits do not have, a fold too
     small for the number of processes, a non-finite training loss (naming epoch and step), a checkpoint without
@@ -303,14 +305,15 @@ def train(cfg: TrainConfig) -> dict:
     stopped_early = _fit(run, feed, stopper, history, start, state)
     val_logits = _best_predictions(run, feed, stopper)
     seconds = time.perf_counter() - t_start + sum(r["seconds"] for r in history[:start])  # with the epochs before a resume
-    summary = _summary(cfg, accelerator, precision, fold, stopper, history, stopped_early, seconds, mean, std, weights, feed)
+    summary = _summary(cfg, accelerator, precision, fold, stopper, history, stopped_early, seconds, mean, std, weights, feed,
+                       plan.param_groups_summary(model))
     _write_run_folder(run, fold, history, val_logits, summary)
     log.info("best epoch %d (%s %.4f); outputs in %s", stopper.best_epoch + 1, cfg.monitor, stopper.best_score, cfg.out)
     return summary
 
 
 def _summary(cfg: TrainConfig, accelerator, precision: str, fold: Fold, stopper: EarlyStopping, history: list[dict], stopped_early: bool,
-             seconds: float, mean, std, weights, feed: Feed) -> dict:
+             seconds: float, mean, std, weights, feed: Feed, param_groups: list[dict]) -> dict:
     """The run's summary (returned by :func:`train`, stored in ``config.json``)."""
     return {
         "best_epoch": stopper.best_epoch + 1,
@@ -329,6 +332,7 @@ def _summary(cfg: TrainConfig, accelerator, precision: str, fold: Fold, stopper:
         "n_train": len(fold.train),
         "n_val": len(fold.val),
         "feature_cache": feed.cache_info,
+        "param_groups": param_groups,
         "out": cfg.out,
         "main_process": accelerator.is_main_process,
     }
