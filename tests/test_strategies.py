@@ -206,3 +206,24 @@ def test_full_with_random_weights_is_allowed():
     """``full`` without weights is a plain end-to-end run from random initialisation (the same as ``scratch``)."""
     assert combination_problem("resnet18", "full", "none") is None
     assert combination_problem("customcnn", "full", None) is None
+
+
+@pytest.mark.parametrize("strategy", list_strategies())
+def test_layer_decay_is_used_or_refused_by_every_strategy(strategy, weights_files):
+    """A strategy that declares ``uses_layer_decay`` ends with every parameter in stage-then-head groups whose
+    rates fall by the factor from head to stem; any other refuses the setting (a new strategy must choose)."""
+    from medcli.strategies import setting_problem
+
+    model = make_model("resnet18", strategy, weights_files)
+    kwargs = dict(epochs=3, lr=0.01, freeze_epochs=1, layer_decay=0.8)
+    if not get_strategy(strategy).uses_layer_decay:
+        assert "only strategies 'full' and 'two-phase'" in setting_problem(strategy, 0.8)
+        with pytest.raises(MedcliError, match=f"not '{strategy}'"):
+            build_plan(model, strategy, **kwargs)
+        return
+    last = build_plan(model, strategy, **kwargs).phases[-1]
+    names = [name for name, _, _ in last.groups]
+    assert names == [f"stage {i}" for i in range(len(model.info.stages))] + ["head"]
+    lrs = [lr for _, lr, _ in last.groups]
+    assert [a / b for a, b in zip(lrs, lrs[1:])] == pytest.approx([0.8] * (len(lrs) - 1))
+    assert sorted(id(p) for p in last.trainable) == sorted(all_ids(model))
