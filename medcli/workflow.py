@@ -86,7 +86,9 @@ def expand_grid(config: dict) -> Grid:
                 if weights == "pretrained" and not config.get("pretrain"):
                     reason = "weights 'pretrained' need a 'pretrain' section in the config"
                 else:
-                    reason = combination_problem(backbone, strategy, given) or combination_note(backbone, strategy, given)
+                    decay = _scope_settings(config, dataset, backbone, strategy).get("layer_decay")
+                    reason = (combination_problem(backbone, strategy, given, layer_decay=decay)
+                              or combination_note(backbone, strategy, given))
                 if reason:
                     grid.skipped.append({"dataset": dataset, "backbone": backbone, "strategy": strategy, "reason": reason})
                     continue
@@ -94,6 +96,14 @@ def expand_grid(config: dict) -> Grid:
                     for fold in folds_of(config, dataset):
                         grid.cells.append(Cell(dataset, backbone, strategy, int(seed), fold, weights))
     return grid
+
+
+def _scope_settings(config: dict, dataset: str, backbone: str, strategy: str) -> dict[str, Any]:
+    """The ``train:`` settings of one configuration: global < dataset < backbone < strategy (checked)."""
+    spec = config["datasets"][dataset]
+    return _checked_scopes((("train", config.get("train")), (f"datasets.{dataset}.train", spec.get("train")),
+                            (f"backbones.{backbone}", (config.get("backbones") or {}).get(backbone)),
+                            (f"strategies.{strategy}", (config.get("strategies") or {}).get(strategy))))
 
 
 def train_settings(config: dict, cell: Cell) -> dict[str, Any]:
@@ -105,9 +115,7 @@ def train_settings(config: dict, cell: Cell) -> dict[str, Any]:
     unknown setting or a bad value.
     """
     spec = config["datasets"][cell.dataset]
-    settings = _checked_scopes((("train", config.get("train")), (f"datasets.{cell.dataset}.train", spec.get("train")),
-                                (f"backbones.{cell.backbone}", (config.get("backbones") or {}).get(cell.backbone)),
-                                (f"strategies.{cell.strategy}", (config.get("strategies") or {}).get(cell.strategy))))
+    settings = _scope_settings(config, cell.dataset, cell.backbone, cell.strategy)
     settings.update(layout=spec.get("layout", "auto"), aliases=dict(spec.get("aliases") or {}), skip_bad=bool(spec.get("skip_bad", False)))
     settings.update({key: spec[key] for key in DATASET_READING if spec.get(key) is not None and spec.get(key) is not False})
     settings.update(backbone=cell.backbone, strategy=cell.strategy, seed=cell.seed, fold=cell.fold)

@@ -197,3 +197,19 @@ def test_two_processes_per_training_job(tmp_path):
 
     summary = json.loads(Path(tmp_path, paths.config_file(paths.run_dir("results", "tiny", "customcnn", "scratch", 0, 0))).read_text())["summary"]
     assert summary["num_processes"] == 2
+
+
+def test_layer_decay_cells_follow_the_strategy_rule():
+    """Layer decay set for every strategy: the strategies that do not use it are skipped with the reason."""
+    config = _demo()
+    config["train"]["layer_decay"] = 0.75
+    grid = wf.expand_grid(config)
+    reasons = {(s["backbone"], s["strategy"]): s["reason"] for s in grid.skipped}
+    assert "only strategies 'full' and 'two-phase' use layer-wise learning-rate decay" in reasons[("resnet18", "linear")]
+    assert {c.strategy for c in grid.cells} == {"full"}
+    config["train"].pop("layer_decay")
+    config["strategies"]["full"] = {"layer_decay": 0.75}  # where it belongs: only full gets it
+    grid = wf.expand_grid(config)
+    assert {c.strategy for c in grid.cells} == {"scratch", "linear", "full"}
+    full = next(c for c in grid.cells if c.strategy == "full")
+    assert wf.train_settings(config, full)["layer_decay"] == 0.75

@@ -326,7 +326,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         weights = str(Path(weights).expanduser().resolve())
         if not Path(weights).is_file():
             raise MedcliError(f"--weights {cfg.weights}: file not found (use imagenet, none or a weights file)")
-    check_combination(cfg.backbone, cfg.strategy, None if weights == "none" else weights)
+    check_combination(cfg.backbone, cfg.strategy, None if weights == "none" else weights, layer_decay=cfg.layer_decay)
     from ..data.decode import DecodeOptions
 
     DecodeOptions(window=cfg.window, frame=cfg.frame).validate()
