@@ -57,6 +57,39 @@ def folds_of(config: dict, dataset: str) -> list[int]:
     return list(range(max(k, 1)))
 
 
+def check_settings(config: dict) -> None:
+    """Check every training setting of a workflow config against the settings schema, before the JSON schema.
+
+    ``train:`` sections (global, per dataset, backbone, strategy and pretraining): unknown keys are one-line errors
+    naming the config key with the closest setting names; numbers that YAML 1.1 reads as strings (``1e-3``) become
+    numbers, in place, for settings that are numbers. Dataset reading keys (``window``, ``frame``, ``group_by``) are
+    checked as ``medcli train`` would check them. Raises :class:`MedcliError`; types and bounds of everything else
+    are left to the JSON schema (``workflow/schemas/config.schema.yaml``).
+    """
+    from .training.config import check_keys, check_value, kind_of
+
+    def scopes():
+        yield "train", config.get("train")
+        for name, spec in (config.get("datasets") or {}).items():
+            yield f"datasets.{name}.train", (spec or {}).get("train")
+        for group in ("backbones", "strategies"):
+            for name, spec in (config.get(group) or {}).items():
+                yield f"{group}.{name}", spec
+        yield "pretrain.train", (config.get("pretrain") or {}).get("train")
+
+    for where, scope in scopes():
+        if not isinstance(scope, dict):
+            continue
+        check_keys({k: v for k, v in scope.items() if k != "weights"}, f"config key {where}: ")
+        for key, value in scope.items():
+            if key != "weights" and isinstance(value, str) and kind_of(key) == "float":
+                scope[key] = check_value(key, value, f"config key {where}.{key}")
+    for name, spec in (config.get("datasets") or {}).items():
+        for key in DATASET_READING:
+            if isinstance(spec, dict) and spec.get(key) is not None:
+                check_value(key, spec[key], f"config key datasets.{name}.{key}")
+
+
 def weights_for(config: dict, backbone: str, strategy: str) -> str:
     """The weights a cell starts from: none for scratch, else the backbone's or the global ``weights``."""
     from .models import get_backbone

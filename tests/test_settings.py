@@ -163,3 +163,72 @@ def test_resume_key_covers_exactly_the_settings_that_change_results():
     assert base.key() == TrainConfig(data="d", out="elsewhere", workers=3, checkpoint_every=0, feature_cache=False, progress=False).key()
     for change in ({"lr": 0.01}, {"hidden": 128}, {"momentum": 0.5}, {"min_lr_ratio": 0.1}, {"channels_last": False}, {"seed": 1}):
         assert TrainConfig(data="d", **change).key() != base.key(), change
+
+
+def test_yaml_numbers_without_a_dot_are_numbers(tmp_path):
+    """PyYAML (YAML 1.1) reads `lr: 1e-3` as a string; a learning rate written that way is still a number."""
+    (tmp_path / "s.yaml").write_text("lr: 1e-3\nweight_decay: 5E-5\n")
+    assert schema_lib.read_settings(tmp_path / "s.yaml") == {"lr": 0.001, "weight_decay": 5e-5}
+    with pytest.raises(MedcliError, match="lr 'fast'"):
+        schema_lib.from_dict({"lr": "fast"})
+
+
+@pytest.mark.parametrize("text, message", [
+    ("backbone: customcnnn\n", "s.yaml: backbone: unknown backbone 'customcnnn'"),
+    ("strategy: lineer\n", "s.yaml: strategy: unknown strategy 'lineer'"),
+    ("window: lungs\n", "s.yaml: window 'lungs': give a preset (lung, mediastinum, soft-tissue, bone, brain, liver)"),
+    ("aliases: {a: 1}\n", "s.yaml: aliases {'a': 1}: expected a mapping of RAW: CLASS names, all strings"),
+])
+def test_bad_names_in_a_settings_file_name_the_file_and_key(tmp_path, text, message):
+    (tmp_path / "s.yaml").write_text(text)
+    with pytest.raises(MedcliError) as err:
+        schema_lib.read_settings(tmp_path / "s.yaml")
+    assert str(err.value).startswith(str(tmp_path / message.split(":")[0])) and message.split(": ", 1)[1] in str(err.value)
+
+
+def test_dataset_reading_settings_are_read_back_from_the_splits_file(tmp_path):
+    splits = tmp_path / "splits.json"
+    splits.write_text(json.dumps({"settings": {"group_by": "patient", "decode": {"window": "lung", "frame": None}}}))
+    cfg = schema_lib.resolve(TrainConfig(data=str(tmp_path), backbone="customcnn", strategy="scratch", splits=str(splits)))
+    assert (cfg.group_by, cfg.window, cfg.frame) == ("patient", "lung", None)
+    with pytest.raises(MedcliError, match=r"--window 'bone': .*splits.json was made with 'lung'"):
+        schema_lib.resolve(TrainConfig(data=str(tmp_path), backbone="customcnn", strategy="scratch", splits=str(splits), window="bone"))
+
+
+def test_workflow_settings_are_checked_before_the_json_schema():
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["train"]["batch_sise"] = 4
+    with pytest.raises(MedcliError, match=r"config key train: unknown training setting 'batch_sise'; did you mean batch_size"):
+        wf.check_settings(config)
+    del config["train"]["batch_sise"]
+    config["strategies"]["linear"] = {"lr": "3e-3"}
+    config["datasets"]["demo"]["window"] = "-600,1500"
+    wf.check_settings(config)
+    assert config["strategies"]["linear"]["lr"] == 0.003
+    config["datasets"]["demo"]["frame"] = -1
+    with pytest.raises(MedcliError, match=r"config key datasets.demo.frame -1: must be at least 0"):
+        wf.check_settings(config)
+
+
+def test_a_run_reruns_from_its_config_json_in_another_folder(tmp_path, monkeypatch):
+    """config.json records the data and the splits actually used, as absolute paths: the same folds from anywhere."""
+    from medcli.data.synth import make_synthetic
+
+    make_synthetic(tmp_path / "first" / "ds", n_classes=2, per_class=12, size=24, seed=1)
+    monkeypatch.chdir(tmp_path / "first")
+    monkeypatch.setenv("MEDCLI_NO_PROGRESS", "1")
+    common = ["--backbone", "customcnn", "--strategy", "scratch", "--img-size", "24", "--channels", "1", "--epochs", "1",
+              "--cache-dir", str(tmp_path / "cache"), "--workers", "1", "--checkpoint-every", "0"]
+    assert CliRunner().invoke(app, ["split", "ds", "--folds", "2", "--cache-dir", str(tmp_path / "cache")]).exit_code == 0
+    first = CliRunner().invoke(app, ["train", "--data", "ds", *common])
+    assert first.exit_code == 0, first.output
+    run = tmp_path / "first" / "results" / "ds" / "runs" / "customcnn__scratch" / "seed-0" / "fold-0"
+    recorded = json.loads((run / "config.json").read_text())["config"]
+    assert recorded["splits"] == str(tmp_path / "first" / "results" / "ds" / "splits.json")
+    assert recorded["data"] == str(tmp_path / "first" / "ds")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    again = CliRunner().invoke(app, ["train", "--config", str(run / "config.json"), "--out", "again"])
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "elsewhere" / "again" / "predictions" / "val.csv").read_text() == (run / "predictions" / "val.csv").read_text()
+    assert not (tmp_path / "elsewhere" / "results").exists()  # no new splits were made

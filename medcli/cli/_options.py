@@ -25,8 +25,8 @@ def _schema_help(name: str) -> str:
 
 Window = typer.Option(None, "--window", help=_schema_help("window"), show_default=False)
 Frame = typer.Option(None, "--frame", help=_schema_help("frame"), show_default=False)
-GroupBy = typer.Option(None, "--group-by", help="Keep each DICOM patient or study in one fold and out of the test split: patient or "
-                       "study (identifiers are stored as salted hashes only).", show_default=False)
+GroupBy = typer.Option(None, "--group-by", help=_schema_help("group_by"), show_default=False)
+AllowMissingClasses = typer.Option(False, "--allow-missing-classes", help=_schema_help("allow_missing_classes"))
 
 
 def setup(verbose: bool = False) -> None:

@@ -30,7 +30,7 @@ def split_cli(
     window: Optional[str] = opt.Window,
     frame: Optional[int] = opt.Frame,
     group_by: Optional[str] = opt.GroupBy,
-    allow_missing_classes: bool = typer.Option(False, "--allow-missing-classes", help="Accept a fold (or holdout) whose validation or test part lacks a class, when patient groups holding several classes force it; recorded in splits.json. Default: refused (scores over such a part are not comparable)."),
+    allow_missing_classes: bool = opt.AllowMissingClasses,
 ) -> None:
     """Make deterministic, leak-free cross-validation splits (duplicates and patient groups never straddle folds)."""
     from ..splits import split_data, summarize

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import re
 import json
 import math
 import os
@@ -86,14 +87,15 @@ class TrainConfig:
                                  default_text="results/<dataset>/splits.json, made from the dataset's own train/val split if missing")
     fold: int = setting(0, "Which fold of the splits to train.", DATA, workflow="grid", minimum=0)
     skip_bad: bool = setting(False, "When splits are made here: leave unreadable files out.", DATA, workflow="dataset")
-    group_by: str | None = setting(None, "Keep each DICOM patient or study in one fold (identifiers are stored as salted hashes "
-                                   "only); used when splits are made here, and read back from a splits file made with it.", DATA,
+    group_by: str | None = setting(None, "Keep each DICOM patient or study in one fold and out of the test split (identifiers "
+                                   "are stored as salted hashes only); recorded in splits.json, which medcli train reads back.", DATA,
                                    workflow="dataset", choices=("patient", "study"),
                                    default_text="the splits file's, else the manifest's group column")
-    allow_missing_classes: bool = setting(False, "When splits are made here: accept folds whose training or validation part lacks "
-                                          "a class (their scores are biased; refused by default).", DATA, workflow="dataset")
-    window: str | None = setting(None, "DICOM window: a preset (lung, mediastinum, bone, brain) or CENTRE,WIDTH in modality units "
-                                 "(Hounsfield units for CT).", DATA, workflow="dataset",
+    allow_missing_classes: bool = setting(False, "Accept a fold whose validation part (or a test holdout) lacks a class when "
+                                          "splits are made, recorded in splits.json (its scores are biased; refused by "
+                                          "default). A training part without a class is always refused.", DATA, workflow="dataset")
+    window: str | None = setting(None, "DICOM window: a preset (lung, mediastinum, soft-tissue, bone, brain, liver) or "
+                                 "CENTRE,WIDTH in modality units (Hounsfield units for CT).", DATA, workflow="dataset",
                                  default_text="the file's own VOI LUT or window, else its full range")
     frame: int | None = setting(None, "Frame of multi-frame files (DICOM, TIFF pages, GIF/WebP frames), 0-based.", DATA,
                                 workflow="dataset", minimum=0, default_text="multi-frame files are refused")
@@ -185,6 +187,11 @@ _TYPES = {name: (f.type.split(" | ")[0].split("[")[0], "None" in f.type) for nam
 _PY = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict}
 
 
+def kind_of(name: str) -> str:
+    """The Python type of setting ``name``: ``str``, ``int``, ``float``, ``bool`` or ``dict``."""
+    return _TYPES[name][0]
+
+
 def option_name(name: str) -> str:
     """The command-line option of a field (``batch_size`` → ``--batch-size``; ``dataset_name`` → ``--name``)."""
     return schema()[name].option or "--" + name.replace("_", "-")
@@ -211,10 +218,29 @@ def check_value(name: str, value: Any, where: str = "") -> Any:
         raise MedcliError(f"{label} {value!r}: choose one of {', '.join(map(str, s.choices))}")
     if kind in ("int", "float"):
         _check_bounds(s, value, label)
+    if name in _VALIDATORS:
+        _VALIDATORS[name](value, label)
     return value
 
 
+def _check_window(value: str, label: str) -> None:
+    from ..data.dicom import parse_window
+
+    try:
+        parse_window(value)
+    except ValueError as exc:
+        raise MedcliError(f"{label} {value!r}: {str(exc).split(': ', 1)[-1]}") from None
+
+
+_VALIDATORS = {"window": _check_window}
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
 def _coerce(kind: str, value: Any, label: str) -> Any:
+    if kind == "float" and isinstance(value, str) and _NUMBER.match(value.strip()):
+        value = float(value)  # YAML 1.1 (PyYAML) reads 1e-3, without a dot, as a string
     ok = {
         "bool": isinstance(value, bool),
         "int": isinstance(value, int) and not isinstance(value, bool),
@@ -235,7 +261,7 @@ def _coerce(kind: str, value: Any, label: str) -> Any:
 
 def _describe(kind: str) -> str:
     return {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "a string",
-            "dict": "a mapping of RAW: CLASS names"}[kind]
+            "dict": "a mapping of RAW: CLASS names, all strings"}[kind]
 
 
 def _check_bounds(s: Setting, value: float, label: str) -> None:
@@ -301,7 +327,22 @@ def read_settings(path: str | os.PathLike) -> dict:
     if not isinstance(doc, dict):
         raise MedcliError(f"{path}: expected a mapping of training settings (setting: value), got {type(doc).__name__}")
     check_keys(doc, where)
-    return {k: check_value(k, v, f"{where}{k}") for k, v in doc.items()}
+    values = {k: check_value(k, v, f"{where}{k}") for k, v in doc.items()}
+    check_names(values, where)
+    return values
+
+
+def check_names(values: dict, where: str = "") -> None:
+    """Check the registry names among ``values`` (backbone, head, strategy), so that an error names its source."""
+    from ..models import get_backbone, get_head
+    from ..strategies import get_strategy
+
+    for key, get in (("backbone", get_backbone), ("head", get_head), ("strategy", get_strategy)):
+        if values.get(key) is not None:
+            try:
+                get(values[key])
+            except MedcliError as exc:
+                raise MedcliError(f"{where}{key}: {exc}") from None
 
 
 # --- resolving --------------------------------------------------------------------------------------------------
@@ -336,20 +377,32 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
 
         logging.getLogger("medcli").warning(note)
     name = cfg.dataset_name or paths.dataset_name(cfg.data)
-    group_by = cfg.group_by or _recorded_group_by(cfg.splits or paths.splits_file(cfg.results, name))
+    cfg = _with_split_settings(cfg, cfg.splits or paths.splits_file(cfg.results, name))
     img_size = cfg.img_size or info.input_size
     out = cfg.out or paths.run_dir(cfg.results, name, cfg.backbone, cfg.strategy, cfg.seed, cfg.fold)
     augment = default_augment(cfg.strategy) if cfg.augment is None else bool(cfg.augment)
-    return replace(cfg, dataset_name=name, weights=weights, img_size=img_size, out=str(out), augment=augment, group_by=group_by)
+    return replace(cfg, dataset_name=name, weights=weights, img_size=img_size, out=str(out), augment=augment)
 
 
-def _recorded_group_by(splits_file: str) -> str | None:
-    """The ``group_by`` an existing splits file was made with: the dataset must be read with the same groups."""
+def _with_split_settings(cfg: TrainConfig, splits_file: str) -> TrainConfig:
+    """``cfg`` with the dataset-reading settings an existing splits file was made with (``group_by``, ``window``,
+    ``frame``): the dataset must be read as it was split. A different value given explicitly is refused."""
     try:
         with open(splits_file) as fh:
-            return (json.load(fh).get("settings") or {}).get("group_by")
+            settings = json.load(fh).get("settings") or {}
     except (OSError, ValueError, AttributeError):
-        return None  # no or unreadable splits file: load_splits reports it
+        return cfg  # no or unreadable splits file: made here, or load_splits reports it
+    recorded = {"group_by": settings.get("group_by"), **(settings.get("decode") or {})}
+    changes = {}
+    for key in ("group_by", "window", "frame"):
+        mine, theirs = getattr(cfg, key), recorded.get(key)
+        if theirs is None:
+            continue
+        if mine is not None and mine != theirs:
+            raise MedcliError(f"{option_name(key)} {mine!r}: {splits_file} was made with {theirs!r}; train with the same value "
+                              f"(or leave it out), or make new splits with `medcli split {option_name(key)} {mine}`")
+        changes[key] = theirs
+    return replace(cfg, **changes) if changes else cfg
 
 
 def default_augment(strategy: str) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import platform
 import subprocess
 from datetime import datetime, timezone
@@ -41,7 +42,9 @@ def write_outputs(cfg, fold, model, history: list[dict], val_logits: np.ndarray,
     })
     write_json(paths.config_file(out), {
         "format": RUN_FORMAT,
-        "config": cfg.to_dict(),
+        # the data and splits actually used, as absolute paths: `medcli train --config config.json` from any folder
+        # trains on the same images and folds (a relative --data or a default splits file would not)
+        "config": {**cfg.to_dict(), "data": os.path.abspath(cfg.data), "splits": os.path.abspath(fold.splits_path)},
         "classes": fold.classes,
         "preprocess": preprocess,
         "summary": summary,

@@ -7,6 +7,7 @@ from snakemake.utils import validate
 from medcli import paths
 from medcli import workflow as grid_lib
 
+grid_lib.check_settings(config)  # training settings first: one-line errors naming the key, numbers written 1e-3 accepted
 validate(config, schema="../schemas/config.schema.yaml")
 
 RESULTS = config["results"]
