@@ -272,6 +272,11 @@ def checkpoint_file(work_run: str | os.PathLike) -> str:
     return _join(work_run, CHECKPOINT_FILE)
 
 
+def id_salt_file(cache: str | os.PathLike) -> str:
+    """``<cache>/id-salt``: the secret salt of DICOM identifier hashes (mode 0600; see medcli.data.layouts.id_salt)."""
+    return _join(cache, "id-salt")
+
+
 def features_dir(cache: str | os.PathLike, key: str) -> str:
     """One feature cache: a frozen trunk's outputs for the images of a dataset's folds (``features.npy``, ``meta.json``)."""
     return _join(cache, "features", key)

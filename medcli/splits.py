@@ -467,7 +467,7 @@ def _group_holdout(ids: list[str], plan: _Plan, kind: str) -> tuple[list[str], l
             options.append(f"--folds {m}")
         return options + _dev_pool_note(plan, n_splits), ["give the dataset its own val split"]
 
-    what = f"{'the test set' if kind == 'test' else 'the validation set'} ({option} {fraction:g}: one of {n_splits} grouped parts)"
+    what = f"{'the test set' if kind == 'test' else 'the validation set'} (a {fraction:g} holdout: one of {n_splits} grouped parts)"
     _check_enough(ids, plan, n_splits, what, "the dataset" if kind == "test" else "the development pool", fixes)
     keep, hold = _holdout_ids(ids, plan, fraction, plan.seed)
     classes = _classes(plan, ids)
@@ -605,7 +605,7 @@ def summarize(doc: dict) -> str:
         lines.append(f"fold {f['fold']}: train {len(f['train'])}, val {len(f['val'])}")
     leak = doc["leakage"]
     lines.append(
-        f"duplicates: {len(doc['groups'])} images in groups kept within one fold; "
+        f"duplicate clusters and patient groups: {len(doc['groups'])} images kept together (never split across folds); "
         f"{len(leak['test_duplicating_dev'])} test image(s) duplicate development images"
         + (" (dropped)" if leak["test_duplicates_dropped"] else (" (kept; --drop-test-duplicates drops them)" if leak["test_duplicating_dev"] else ""))
     )

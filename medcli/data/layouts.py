@@ -31,6 +31,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import paths
 from ..errors import MedcliError
 from .classes import SPLIT_ORDER, reconcile_classes
 from .decode import DecodeOptions
@@ -219,7 +220,7 @@ def id_salt(cache_dir: str | os.PathLike | None = None) -> bytes:
     from ..paths import default_cache_dir
 
     path = Path(cache_dir) if cache_dir else default_cache_dir()
-    file = path / "id-salt"
+    file = Path(paths.id_salt_file(path))
     if not file.exists():
         try:
             path.mkdir(parents=True, exist_ok=True)

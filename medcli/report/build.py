@@ -26,12 +26,11 @@ from ..errors import MedcliError
 from .collect import (METRICS, VAL_FROM_METRICS, Run, collect_ensembles, collect_runs, experiment_cells, external_results,
                       gradcam_indexes, load_experiment, missing_runs, scalar_metrics)
 from .facts import current_splits_fingerprint, data_facts, provenance
-from .summary import (LOWER_IS_BETTER, check_primary, choose_reference, columns_for, compare_with_reference, comparability,
+from .summary import (DEFAULT_REFERENCE, LOWER_IS_BETTER, check_primary, choose_reference, columns_for, compare_with_reference, comparability,
                       configuration_row, ensemble_row, sort_rows, verdict)
 
 SUMMARY_FORMAT = "medcli.summary/1"
 DEFAULT_PRIMARY = "balanced_accuracy"
-DEFAULT_REFERENCE = "customcnn__scratch"
 CSV_COLUMNS = ("dataset", "backbone", "strategy", "seed", "fold", "split", "metric", "value")
 
 
@@ -89,7 +88,8 @@ def build_summary(results: str | os.PathLike, *, link_base: str | os.PathLike | 
     experiment = load_experiment(results)
     settings = ((experiment or {}).get("config") or {}).get("report") or {}
     primary = check_primary(primary or settings.get("primary_metric") or DEFAULT_PRIMARY)
-    requested = reference or settings.get("reference") or DEFAULT_REFERENCE
+    explicit = reference or settings.get("reference")
+    requested = explicit or DEFAULT_REFERENCE
     link_base = Path(link_base) if link_base is not None else results
     cells = experiment_cells(experiment)
 
@@ -110,7 +110,7 @@ def build_summary(results: str | os.PathLike, *, link_base: str | os.PathLike | 
         "generated": generated.isoformat(timespec="seconds"),
         "primary": primary,
         "lower_is_better": primary in LOWER_IS_BETTER,
-        "reference_requested": requested,
+        "reference_requested": explicit,
         "bootstrap": {"n_resamples": n_bootstrap, "seed": seed, "confidence": 0.95},
         "files": {"csv": Path(paths.summary_file(".", "csv")).name, "json": Path(paths.summary_file(".", "json")).name},
         "datasets": datasets,

@@ -195,6 +195,10 @@ def sort_rows(rows: list[dict], primary: str) -> list[dict]:
     return sorted(rows, key=key)
 
 
+#: The reference row when neither ``--reference`` nor the experiment's ``report.reference`` names one.
+DEFAULT_REFERENCE = "customcnn__scratch"
+
+
 def choose_reference(rows: list[dict], requested: str | None) -> tuple[str | None, str | None]:
     """The reference configuration and, when the requested one has no runs, a note saying what replaced it."""
     configs = [r["config"] for r in rows if r["cv"] and any(v["n"] for v in r["cv"].values())]
@@ -206,7 +210,8 @@ def choose_reference(rows: list[dict], requested: str | None) -> tuple[str | Non
     if requested is None:
         return fallback, None
     how = "the first configuration trained from scratch" if fallback.endswith("__scratch") else "the lowest-ranked configuration"
-    return fallback, f"the requested reference `{requested}` has no runs for this dataset; {how}, `{fallback}`, is used instead"
+    which = "the default reference" if requested == DEFAULT_REFERENCE else "the requested reference"
+    return fallback, f"{which} `{requested}` has no runs for this dataset; {how}, `{fallback}`, is used instead"
 
 
 def compare_with_reference(rows: list[dict], runs_by_config: dict[str, list[Run]], reference: str, primary: str) -> None:
