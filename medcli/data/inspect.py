@@ -195,12 +195,14 @@ def render_report(report: dict, console) -> None:
     d = report["duplicates"]
     console.print(
         f"duplicates: {d['n_exact_groups']} exact group(s), {d['n_near_groups']} near group(s) (pHash distance <= {d['near_threshold']}/256 bits), "
-        f"{d['n_images_in_groups']} images involved; [bold]{d['n_cross_split_groups']} group(s) span splits[/], "
+        f"{d['n_images_in_groups']} images involved; [bold]{d['n_cross_split_groups']} of these groups span splits[/], "
         f"[bold]{d['n_label_conflicts']} with conflicting labels[/]"
     )
     if d.get("thresholds"):
-        sweep = Table(title="what each near-duplicate threshold gives (complete linkage; same candidate pairs)", title_justify="left")
-        for col in ("bits of 256", "near groups", "images in groups", "groups across splits", "label conflicts", "test images duplicating train/val"):
+        sweep = Table(title="what each near-duplicate threshold gives (complete linkage; same candidate pairs). Clusters = exact "
+                            "and near groups merged where they share an image: the unit kept within one fold", title_justify="left")
+        for col in ("bits of 256", "near groups", "images in groups", "clusters across splits", "clusters with label conflicts",
+                    "test images duplicating train/val"):
             sweep.add_column(col, justify="right")
         for row in d["thresholds"]:
             leak = "-" if row["n_test_duplicating_dev"] is None else str(row["n_test_duplicating_dev"])
