@@ -52,7 +52,7 @@ class DuplicateGroup:
     def to_json(self, splits: dict[str, str | None] | None = None) -> dict:
         out: dict = {"kind": self.kind, "size": len(self.ids), "labels": sorted(set(self.labels)), "ids": self.ids}
         if splits is not None:
-            out["splits"] = sorted({str(splits[i]) for i in self.ids})
+            out["splits"] = sorted({"all" if splits[i] is None else str(splits[i]) for i in self.ids})  # "all": no split folders
         return out
 
 
