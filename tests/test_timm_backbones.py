@@ -258,6 +258,28 @@ def test_medcli_model_file_initialises_a_timm_trunk(tmp_path):
     assert meta["backbone"] == "t-vit-reg4" and reloaded.info.timm_kwargs == trained.info.timm_kwargs
 
 
+def _hub_http_error(kind, status: int):
+    from types import SimpleNamespace
+
+    response = SimpleNamespace(headers={}, status_code=status, request=None, json=lambda: {}, text="")
+    return kind(f"{status} from the Hub", response=response)
+
+
+def test_gated_and_missing_hub_repositories_say_what_to_do(monkeypatch):
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    from timm.models import _builder
+
+    for kind, status, expected in ((GatedRepoError, 401, r"gated.*request access at https://huggingface.co/timm/test_vit\.r160_in1k.*HF_TOKEN"),
+                                   (RepositoryNotFoundError, 404, r"not found on the Hugging Face Hub")):
+        def refuse(*args, **kwargs):
+            raise _hub_http_error(kind, status)
+
+        monkeypatch.setattr(_builder, "load_state_dict_from_hf", refuse)
+        with pytest.raises(MedcliError, match=expected) as exc:
+            build("test_vit", weights="imagenet")
+        assert "\n" not in str(exc.value)
+
+
 # --- through the CLI ----------------------------------------------------------------------------------------
 
 

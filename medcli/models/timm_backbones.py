@@ -187,11 +187,15 @@ def hub_error(exc: BaseException, name: str, repo: str | None, *, what: str = "p
     if remote_missing and isinstance(exc, remote_missing) and not (local_missing and isinstance(exc, local_missing)):
         return MedcliError(f"{name}: the {what} file is missing from the Hub repository{where} ({_one_line(exc, 120)})")
     if isinstance(exc, OSError) or (local_missing and isinstance(exc, local_missing)):
+        if (repo or "").startswith(("http://", "https://")):  # a URL-only tag: timm uses the torch hub cache
+            cache, env = f"torch hub cache {torch.hub.get_dir()}", "TORCH_HOME"
+        else:
+            cache, env = f"Hugging Face cache {_hf_cache_dir()}", "HF_HOME"
         reason = "HF_HUB_OFFLINE is set" if _offline() else f"download failed: {_one_line(exc, 120)}"
         return MedcliError(
-            f"the {what} of {name}{where} are not in the Hugging Face cache ({_hf_cache_dir()}) and cannot be "
-            f"downloaded here ({reason}): run {download} on a machine with internet (e.g. a login node) "
-            f"with the same HF_HOME, then use them offline (HF_HUB_OFFLINE=1)"
+            f"the {what} of {name}{where} are not in the {cache} and cannot be downloaded here ({reason}): "
+            f"run {download} on a machine with internet (e.g. a login node) with the same {env}, then use "
+            f"them offline (HF_HUB_OFFLINE=1)"
         )
     return None
 
@@ -317,8 +321,9 @@ def _cam_layout(model: nn.Module, layer: str, input_size: tuple[int, int, int]) 
         if len(shape) == 3:
             return "tokens"
         if len(shape) == 4:
-            chans = {f.get("num_chs") for f in getattr(model, "feature_info", [])}
-            return "nhwc" if shape[-1] in chans and shape[1] not in chans else "nchw"
+            info = getattr(model, "feature_info", None) or [{}]
+            chans = info[-1].get("num_chs")
+            return "nhwc" if shape[-1] == chans and shape[1] != chans else "nchw"
     if isinstance(getattr(model, "num_prefix_tokens", None), int):
         return "tokens"
     return "nhwc" if str(getattr(model, "output_fmt", "NCHW")).upper() == "NHWC" else "nchw"
@@ -592,6 +597,9 @@ def cached_path(info: BackboneInfo) -> Path | None:
     repo = _hub_repo(info)
     if repo is None:
         url = info.imagenet_weights or ""
+        if url.startswith("local-dir:"):
+            folder = Path(url.split(":", 1)[1]).expanduser()
+            return folder if folder.is_dir() else None
         if url.startswith(("http://", "https://")):
             from urllib.parse import urlparse
 
