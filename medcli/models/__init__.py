@@ -3,7 +3,8 @@
 >>> from medcli.models import create_model
 >>> model = create_model("resnet50", num_classes=3, weights="imagenet", head="mlp", in_channels=1)
 
-See :mod:`medcli.models._registry` for the backbone entries, :mod:`medcli.models.heads` for heads,
+Backbone names are medcli's registered ones or timm names (``convnext_tiny.fb_in22k``, ``hf-hub:ORG/NAME``;
+:mod:`medcli.models.timm_backbones`). See :mod:`medcli.models._registry` for the backbone entries, :mod:`medcli.models.heads` for heads,
 :mod:`medcli.models.weights` for the ``weights`` argument and :mod:`medcli.models.checkpoint` for model files.
 """
 
@@ -13,7 +14,9 @@ from ._registry import (
     BackboneInfo,
     get_backbone,
     list_backbones,
+    nhwc_to_nchw,
     register_backbone,
+    register_timm_backbone,
     vit_tokens_to_grid,
 )
 from .checkpoint import MODEL_FORMAT, load_model, read_model_file, save_model
@@ -53,7 +56,9 @@ __all__ = [
     "load_trunk_weights",
     "read_model_file",
     "read_weights_file",
+    "nhwc_to_nchw",
     "register_backbone",
+    "register_timm_backbone",
     "register_head",
     "resolve_weights",
     "save_model",

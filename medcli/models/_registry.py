@@ -11,6 +11,13 @@ structure by dotted names relative to the trunk:
   returning the pooled (pre-logit) features. Its keys are skipped when loading a full torchvision state dict.
 
 Adding a backbone is one :func:`register_backbone` call; the registry-driven tests pick it up.
+
+Names that are not registered here are looked up in timm (PyTorch Image Models): ``convnext_tiny.fb_in22k``
+(architecture + pretrained tag), a bare architecture (its default tag) or ``hf-hub:ORG/NAME``. Their entries
+(``family="timm"``) are derived from timm's own metadata on first use and cached; see
+:mod:`medcli.models.timm_backbones`. medcli's names win: ``convnext_tiny`` is torchvision's, and
+``convnext_tiny.fb_in1k`` timm's. :func:`register_timm_backbone` registers a timm architecture under a medcli
+name with fixed constructor arguments (e.g. a small configuration for tests).
 """
 
 from __future__ import annotations
@@ -42,23 +49,43 @@ def vit_tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
     return patches.reshape(patches.shape[0], side, side, patches.shape[2]).permute(0, 3, 1, 2)
 
 
+def nhwc_to_nchw(fmap: torch.Tensor) -> torch.Tensor:
+    """Channels-last feature map ``(B, h, w, C)`` (timm Swin stages) -> ``(B, C, h, w)`` for Grad-CAM."""
+    return fmap.permute(0, 3, 1, 2)
+
+
 @dataclass(frozen=True)
 class BackboneInfo:
     """Everything medcli needs to know about one backbone.
 
     Attributes:
-        name: registry name, e.g. ``"resnet50"``.
-        family: ``"custom"`` (built here) or ``"torchvision"`` (``torchvision.models.get_model(name)``).
+        name: registry name, e.g. ``"resnet50"``, or a timm name such as ``"convnext_tiny.fb_in22k"``.
+        family: ``"custom"`` (built here), ``"torchvision"`` (``torchvision.models.get_model(name)``) or
+            ``"timm"`` (``timm.create_model(timm_name, **timm_kwargs)``).
         input_size: default input size in pixels.
         mean, std: normalisation statistics the weights were trained with.
         interpolation: resize interpolation of the weights' reference transform.
-        imagenet_weights: torchvision weights enum entry (``"ResNet50_Weights.IMAGENET1K_V2"``), or None.
+        imagenet_weights: where the pretrained weights (``--weights imagenet`` / ``pretrained``) come from, or
+            None when there are none: a torchvision weights enum entry (``"ResNet50_Weights.IMAGENET1K_V2"``);
+            for timm the Hub repository (``"hf-hub:timm/convnext_tiny.fb_in22k"``) or URL of the pretrained
+            tag, whatever it was pretrained on (ImageNet-21k, LVD-142M for DINOv2, ...).
         stages: dotted trunk names grouped into stages, input to output (see the module docstring).
         cam_layer: dotted trunk name of the Grad-CAM target module.
-        classifier: dotted name of the torchvision final layer that is dropped; None for custom trunks.
+        classifier: dotted name of the final layer that is dropped (torchvision; timm: the pretrained cfg's
+            ``classifier``); None for custom trunks.
         cam_reshape_transform: turns the CAM layer's output into ``(B, C, h, w)`` when it is not one already.
-        fixed_size: the torchvision model is built for one input size (``image_size=`` is passed on).
+        fixed_size: the model is built for one input size (torchvision: ``image_size=`` is passed on; timm:
+            ``img_size=``, which resizes the position embeddings).
         build: custom family only: ``(in_channels) -> trunk``; the trunk has an ``out_features`` attribute.
+        timm_name: timm family only: the name given to ``timm.create_model`` (``arch.tag``, ``hf-hub:...``).
+        timm_kwargs: timm family only: fixed constructor arguments, as ``(name, value)`` pairs.
+        cam_layout: layout of the CAM layer's output when ``cam_reshape_transform`` is None: ``"nchw"``,
+            ``"nhwc"`` (permuted) or ``"tokens"`` (``(B, prefix + h*w, C)``: the model's ``num_prefix_tokens``
+            class/register tokens are dropped and the rest laid out on the patch grid of the input).
+        crop_pct: centre-crop fraction of the weights' reference evaluation transform (timm ``crop_pct``),
+            None where not recorded. medcli resizes whole images and does not crop; recorded for reference.
+        pretrained_tag: timm pretrained tag (``"fb_in22k"``), None otherwise.
+        license: licence of the pretrained weights as timm records it, None if unknown.
     """
 
     name: str
@@ -74,6 +101,12 @@ class BackboneInfo:
     cam_reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
     fixed_size: bool = False
     build: Callable[[int], nn.Module] | None = None
+    timm_name: str | None = None
+    timm_kwargs: tuple[tuple[str, object], ...] = ()
+    cam_layout: str = "nchw"
+    crop_pct: float | None = None
+    pretrained_tag: str | None = None
+    license: str | None = None
 
 
 _BACKBONES: Registry[BackboneInfo] = Registry("backbone")
@@ -81,8 +114,12 @@ _BACKBONES: Registry[BackboneInfo] = Registry("backbone")
 
 def register_backbone(info: BackboneInfo, *, overwrite: bool = False) -> BackboneInfo:
     """Add a backbone (``overwrite=True`` replaces an existing entry of that name)."""
-    if info.family not in ("custom", "torchvision"):
-        raise ValueError(f"backbone {info.name!r}: family must be 'custom' or 'torchvision', not {info.family!r}")
+    if info.family not in ("custom", "torchvision", "timm"):
+        raise ValueError(f"backbone {info.name!r}: family must be 'custom', 'torchvision' or 'timm', not {info.family!r}")
+    if info.family == "timm" and not info.timm_name:
+        raise ValueError(f"backbone {info.name!r}: a timm backbone needs timm_name")
+    if info.cam_layout not in ("nchw", "nhwc", "tokens"):
+        raise ValueError(f"backbone {info.name!r}: cam_layout must be 'nchw', 'nhwc' or 'tokens', not {info.cam_layout!r}")
     if info.family == "custom" and info.build is None:
         raise ValueError(f"backbone {info.name!r}: a custom backbone needs a build function")
     if info.family == "torchvision" and not info.classifier:
@@ -92,12 +129,37 @@ def register_backbone(info: BackboneInfo, *, overwrite: bool = False) -> Backbon
     return _BACKBONES.add(info.name, info, overwrite=overwrite)
 
 
+def register_timm_backbone(name: str, model: str, *, overwrite: bool = False, **model_kwargs) -> BackboneInfo:
+    """Register timm model ``model`` (``arch``, ``arch.tag`` or ``hf-hub:ORG/NAME``) under the medcli name
+    ``name``, built with ``model_kwargs`` (e.g. ``depth=2, embed_dim=32`` for a small test configuration).
+
+    The entry (stages, Grad-CAM layer, data config) is derived from timm as for on-demand names. Raises
+    :class:`MedcliError` for an unknown timm name.
+    """
+    from .timm_backbones import timm_backbone_info
+
+    info = timm_backbone_info(model, medcli_name=name, model_kwargs=model_kwargs)
+    return register_backbone(info, overwrite=overwrite)
+
+
 def list_backbones() -> list[str]:
+    """medcli's registered backbone names (timm names resolve on demand and are not listed here)."""
     return _BACKBONES.names()
 
 
 def get_backbone(name: str) -> BackboneInfo:
-    return _BACKBONES.get(name)
+    """The entry of backbone ``name``: a registered medcli name first, else a timm / Hugging Face Hub name.
+
+    Raises :class:`MedcliError` naming the closest known names for an unknown name (difflib over medcli's
+    names and ``timm.list_models()``), and for ``hf-hub:`` names whose config is neither cached nor
+    downloadable (the message names ``medcli weights download``).
+    """
+    known = _BACKBONES.names()
+    if name in known:
+        return _BACKBONES.get(name)
+    from .timm_backbones import timm_backbone_info
+
+    return timm_backbone_info(name, known=known)
 
 
 def _torchvision(

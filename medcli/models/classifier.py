@@ -4,7 +4,8 @@
 those to logits ``(B, num_classes)``. The trunk of a torchvision backbone is the torchvision model itself with
 its final layer replaced by ``Identity``, so trunk parameter names are the torchvision names (``conv1.weight``,
 ``layer4.1.bn2.bias``...) and a plain torchvision state dict loads into it once its final layer's keys are
-dropped.
+dropped. The trunk of a timm backbone is the timm model with ``num_classes=0`` (classifier ``Identity``,
+output the pooled pre-logits features), so its names are timm's (see :mod:`medcli.models.timm_backbones`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torchvision
 from torch import nn
 
 from ..errors import MedcliError
-from ._registry import BackboneInfo, get_backbone
+from ._registry import BackboneInfo, get_backbone, nhwc_to_nchw
 from .heads import build_head, get_head
 
 log = logging.getLogger("medcli")
@@ -117,6 +118,7 @@ class Classifier(nn.Module):
         self.backbone = info.name
         self.feature_dim = feature_dim
         self.input_conv = find_input_conv(trunk, in_channels)[0]
+        self._token_grid = None  # timm token models: the Grad-CAM reshape, made on first use
         self.config = {
             "backbone": info.name,
             "head": head_name,
@@ -159,7 +161,24 @@ class Classifier(nn.Module):
 
     @property
     def cam_reshape_transform(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        return self.info.cam_reshape_transform
+        """Turns the CAM layer's output into ``(B, C, h, w)``; None when it is one already.
+
+        The registered transform if any; else by ``info.cam_layout``: NHWC maps permuted, token sequences
+        (timm ViT/DeiT/DINOv2) without their ``num_prefix_tokens`` class/register tokens on the patch grid of
+        the trunk's last input (a forward pre-hook on the trunk, registered on first use, records its H x W).
+        """
+        if self.info.cam_reshape_transform is not None:
+            return self.info.cam_reshape_transform
+        if self.info.cam_layout == "nhwc":
+            return nhwc_to_nchw
+        if self.info.cam_layout == "tokens":
+            if self._token_grid is None:
+                from .timm_backbones import TokenGrid
+
+                self._token_grid = TokenGrid(self.trunk)
+                self.trunk.register_forward_pre_hook(self._token_grid.record_input)
+            return self._token_grid
+        return None
 
 
 def create_model(
@@ -176,20 +195,25 @@ def create_model(
     """Build a classifier, optionally initialising its trunk from pretrained weights.
 
     Args:
-        backbone: a registered backbone name (see :func:`list_backbones`).
+        backbone: a registered backbone name (see :func:`list_backbones`) or a timm name (``arch.tag``, ``arch``,
+            ``hf-hub:ORG/NAME``; see :func:`get_backbone`).
         num_classes: number of output logits.
         in_channels: 1 (grey scale) or 3. Pretrained 3-channel input filters are summed over RGB for 1-channel
             input (as timm does), which gives the same response to a grey image as the RGB network.
         head: a registered head name (see :func:`list_heads`).
-        weights: None / ``"none"`` (random), ``"imagenet"``, or the path of a weights file (see
+        weights: None / ``"none"`` (random), ``"imagenet"`` (alias ``"pretrained"``: the backbone's pretrained
+            weights; for timm its tag's, from the Hugging Face cache), or the path of a weights file (see
             :mod:`medcli.models.weights`). The head is always freshly initialised.
         dropout, hidden: ``mlp`` head settings.
         img_size: training input size, default the backbone's ``input_size``. Only fixed-size backbones
-            (ViT) are built for it: their pretrained position embeddings, made for 224 px, are bicubically
-            interpolated to the new patch grid; the size must be a multiple of the patch size (16).
-            Convolutional backbones accept any size and only record it.
+            (ViT, Swin) are built for it: their pretrained position embeddings, made for 224 px, are bicubically
+            interpolated to the new patch grid; for torchvision's ViT the size must be a multiple of the patch
+            size (16). Convolutional backbones accept any size and only record it.
+
+    Raises :class:`MedcliError` for unknown names, bad arguments, weights that are missing, not cached and not
+    downloadable (with the ``medcli weights download`` command to run), gated, or that do not fit.
     """
-    from .weights import imagenet_state_dict, load_trunk_weights, read_weights_file, resolve_weights
+    from .weights import imagenet_state_dict, is_medcli_checkpoint, load_trunk_weights, read_weights_file, resolve_weights
 
     info = get_backbone(backbone)
     get_head(head)
@@ -206,7 +230,21 @@ def create_model(
         raise MedcliError(f"img_size {img_size}: use a positive number of pixels")
     source = resolve_weights(info, weights)  # fail on a bad weights argument before building anything
 
-    trunk, feature_dim = _build_trunk(info, in_channels, img_size)
+    load_file = source is not None and source != "imagenet"
+    if info.family == "timm":
+        from .timm_backbones import build_timm_trunk, read_timm_weights_file
+
+        state = None
+        if load_file and not is_medcli_checkpoint(source):
+            state = read_timm_weights_file(source, info.name)
+            load_file = False  # loaded by timm, with its in_chans / position-embedding adaptation
+        trunk, feature_dim = build_timm_trunk(
+            info, in_channels, img_size, pretrained=source == "imagenet", state_dict=state,
+            source=None if state is None else str(source),
+        )
+        source = source if load_file else None
+    else:
+        trunk, feature_dim = _build_trunk(info, in_channels, img_size)
     model = Classifier(
         info,
         trunk,

@@ -3,11 +3,14 @@
 ``weights`` is one of
 
 * ``None`` / ``"none"``: random initialisation.
-* ``"imagenet"``: the torchvision ImageNet weights registered for the backbone. They live in the torch hub
-  cache (``$TORCH_HOME/hub/checkpoints``, see :func:`torch.hub.get_dir`). A cached file is loaded without any
-  network access; otherwise it is downloaded once. Compute nodes often have no internet: there the download
-  fails with a message explaining how to pre-fetch the weights (``medcli weights download NAME`` on a machine
-  with internet, same ``TORCH_HOME``). medcli never falls back to random weights silently, because a
+* ``"imagenet"`` (alias ``"pretrained"``): the pretrained weights registered for the backbone. torchvision
+  backbones: the ImageNet weights, in the torch hub cache (``$TORCH_HOME/hub/checkpoints``, see
+  :func:`torch.hub.get_dir`). timm backbones: the weights of the name's pretrained tag (``fb_in22k``,
+  ``lvd142m``, ...), in the Hugging Face cache (``$HF_HOME/hub``; see :mod:`medcli.models.timm_backbones`). A
+  cached file is loaded without any network access; otherwise it is downloaded once. Compute nodes often have
+  no internet: there the download fails with a message explaining how to pre-fetch the weights (``medcli
+  weights download NAME`` on a machine with internet, same ``TORCH_HOME`` / ``HF_HOME``; then
+  ``HF_HUB_OFFLINE=1`` on the compute nodes). medcli never falls back to random weights silently, because a
   "pretrained" experiment that secretly started from random weights produces plausible but wrong results.
 * a path (the keywords above win over a file of the same name), loaded with ``weights_only=True`` (no
   arbitrary code runs) and holding one of
@@ -17,6 +20,11 @@
   - a medcli model checkpoint (:func:`medcli.models.checkpoint.save_model`): its trunk is loaded, its head is
     ignored (the new model always starts with a fresh head);
   - a state dict of just the trunk.
+
+For timm backbones a file may also be ``.safetensors``, and any plain state dict (a timm model's, with or
+without its classifier, also inside a ``state_dict``/``model`` key) is loaded by timm itself
+(``pretrained_cfg_overlay``), with its input-channel and position-embedding adaptation; a medcli model file
+goes through :func:`load_trunk_weights`.
 
 Loading is strict: every trunk tensor must be present with the right shape. Two adaptations are made on the
 way in: 3-channel input filters are summed over RGB for a 1-channel model, and ViT position embeddings are
@@ -58,12 +66,21 @@ def _keys(keys: list[str], limit: int = 4) -> str:
     return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
 
 
+PRETRAINED_KEYWORDS = ("imagenet", "pretrained")
+
+
 def resolve_weights(info: BackboneInfo | str, weights: str | os.PathLike | None) -> str | Path | None:
-    """Normalise a ``weights`` argument to None, ``"imagenet"`` or an existing file path."""
+    """Normalise a ``weights`` argument to None, ``"imagenet"`` (also for ``"pretrained"``) or an existing file
+    path. Raises :class:`MedcliError` for a backbone without pretrained weights or a missing file."""
     info = get_backbone(info) if isinstance(info, str) else info
     if weights is None or (isinstance(weights, str) and weights.strip().lower() == "none"):
         return None
-    if isinstance(weights, str) and weights.strip().lower() == "imagenet":
+    if isinstance(weights, str) and weights.strip().lower() in PRETRAINED_KEYWORDS:
+        if info.imagenet_weights is None and info.family == "timm":
+            raise MedcliError(
+                f"{info.name} has no pretrained weights in timm: use a tag that has them "
+                f"(`medcli models --search '{info.name.split('.')[0]}*'`), weights 'none' or a weights file"
+            )
         if info.imagenet_weights is None:
             raise MedcliError(
                 f"{info.name} has no ImageNet weights: use weights 'none' (train from scratch) "
@@ -76,20 +93,52 @@ def resolve_weights(info: BackboneInfo | str, weights: str | os.PathLike | None)
     return path
 
 
+def is_medcli_checkpoint(path: str | os.PathLike) -> bool:
+    """True for a medcli model file (:func:`medcli.models.checkpoint.save_model`); reads only its header where
+    the file allows memory mapping."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return False
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            return False
+    return isinstance(obj, dict) and str(obj.get("format", "")).startswith(_CHECKPOINT_PREFIX)
+
+
 def _imagenet_enum(name: str):
     info = get_backbone(name)
+    if info.family == "timm":
+        raise MedcliError(f"{name} is a timm backbone: its weights come from timm (Hugging Face cache), not torchvision")
     if info.imagenet_weights is None:
         raise MedcliError(f"{name} has no ImageNet weights: only torchvision backbones have them")
     return torchvision.models.get_weight(info.imagenet_weights)
 
 
 def cached_weights_path(name: str) -> Path:
-    """Where the ImageNet weights of backbone ``name`` are (or will be) cached."""
+    """Where the pretrained weights of backbone ``name`` are (or will be) cached: a file for torchvision; for
+    timm the cached file, or the Hub cache folder of its repository while it is not cached yet."""
+    info = get_backbone(name)
+    if info.family == "timm":
+        from .timm_backbones import cached_path, repo_cache_dir
+
+        if info.imagenet_weights is None:
+            raise MedcliError(f"{name} has no pretrained weights in timm")
+        return cached_path(info) or repo_cache_dir(info) or Path(torch.hub.get_dir()) / "checkpoints"
     url = _imagenet_enum(name).url
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
 
 def is_cached(name: str) -> bool:
+    """Whether backbone ``name``'s pretrained weights are in the local cache (no network access)."""
+    info = get_backbone(name)
+    if info.family == "timm":
+        from .timm_backbones import cached_path
+
+        return info.imagenet_weights is not None and cached_path(info) is not None
     return cached_weights_path(name).is_file()
 
 
@@ -129,18 +178,27 @@ def imagenet_state_dict(name: str, *, progress: bool = False) -> dict[str, torch
 
 
 def download_weights(names: list[str], *, progress: bool = True) -> list[Path]:
-    """Pre-fetch the ImageNet weights of backbones ``names`` into the hub cache; returns the cached paths.
+    """Pre-fetch the pretrained weights of backbones ``names``; returns the cached paths.
 
-    All names are checked before anything is downloaded, so a typo does not leave a half-done job.
+    torchvision names go to the torch hub cache (``$TORCH_HOME``), timm and ``hf-hub:`` names to the Hugging
+    Face cache (``$HF_HOME``; gated models need ``HF_TOKEN``), fetched by building the model exactly as
+    training will, so what is cached is what compute nodes load with ``HF_HUB_OFFLINE=1``. All names are
+    checked before anything is downloaded, so a typo does not leave a half-done job.
     """
     unique = list(dict.fromkeys(names))
     if not unique:
-        raise MedcliError("no backbone given: name at least one backbone whose ImageNet weights to download")
-    without = [n for n in unique if get_backbone(n).imagenet_weights is None]
+        raise MedcliError("no backbone given: name at least one backbone whose pretrained weights to download")
+    infos = {n: get_backbone(n) for n in unique}
+    without = [n for n in unique if infos[n].imagenet_weights is None]
     if without:
-        raise MedcliError(f"{', '.join(without)}: no ImageNet weights exist for this backbone; nothing to download")
+        raise MedcliError(f"{', '.join(without)}: no pretrained weights exist for this backbone; nothing to download")
     paths = []
     for name in unique:
+        if infos[name].family == "timm":
+            from .timm_backbones import download
+
+            paths.append(download(infos[name]))
+            continue
         if is_cached(name):
             log.info("ImageNet weights for %s are already cached at %s", name, cached_weights_path(name))
         else:
@@ -226,6 +284,13 @@ def load_trunk_weights(model: Classifier, state_dict: dict[str, torch.Tensor], s
             raise MedcliError(f"{source}: cannot adapt the position embeddings to img_size {img_size}: {exc}") from None
         log.info("%s: interpolated the position embeddings to a %dx%d patch grid (img_size %d)",
                  info.name, img_size // patch, img_size // patch, img_size)
+
+    if info.family == "timm":
+        from .timm_backbones import resize_pos_embed
+
+        if resize_pos_embed(model.trunk, state):
+            log.info("%s: resized the position embeddings to the %s patch grid (%s)",
+                     info.name, tuple(model.trunk.patch_embed.grid_size), source)
 
     # Older torchvision weights predate BatchNorm's step counter; it carries no learned information.
     for k, v in expected.items():
