@@ -100,7 +100,7 @@ def synth_marker(data_dir: str | os.PathLike) -> str:
 
 def weights_marker(work: str | os.PathLike, backbone: str) -> str:
     """Written by the workflow once a backbone's ImageNet weights are in the torch cache."""
-    return _join(work, "weights", f"{backbone}.done")
+    return _join(work, "weights", f"{backbone_dirname(backbone)}.done")
 
 
 def log_file(logs: str | os.PathLike, stage: str, dataset: str, name: str = "") -> str:
@@ -123,6 +123,17 @@ def splits_file(results: str | os.PathLike, dataset: str) -> str:
     return _join(results, dataset, SPLITS_FILE)
 
 
+def backbone_dirname(backbone: str) -> str:
+    """A backbone name as one folder name: ``%``, ``/`` and ``:`` percent-encoded (``hf-hub:org/model`` →
+    ``hf-hub%3Aorg%2Fmodel``); every other name is unchanged. :func:`parse_backbone_dirname` inverts it."""
+    return str(backbone).replace("%", "%25").replace("/", "%2F").replace(":", "%3A")
+
+
+def parse_backbone_dirname(name: str) -> str:
+    """Inverse of :func:`backbone_dirname` (also for Snakemake's ``{backbone}`` wildcard values)."""
+    return str(name).replace("%3A", ":").replace("%2F", "/").replace("%25", "%")
+
+
 def run_name(backbone: str, strategy: str) -> str:
     """The configuration part of a run directory, ``<backbone>__<strategy>``; :func:`parse_run_name` inverts it.
 
@@ -133,7 +144,7 @@ def run_name(backbone: str, strategy: str) -> str:
         from .errors import MedcliError
 
         raise MedcliError(f"backbone name {backbone!r}: may not contain '__' (it separates backbone and strategy in run folder names)")
-    return f"{backbone}__{strategy}"
+    return f"{backbone_dirname(backbone)}__{strategy}"
 
 
 def parse_run_name(name: str) -> tuple[str, str]:
@@ -141,7 +152,7 @@ def parse_run_name(name: str) -> tuple[str, str]:
     backbone, sep, strategy = str(name).partition("__")
     if not sep or not backbone or not strategy:
         raise ValueError(f"{name!r} is not a configuration name (<backbone>__<strategy>)")
-    return backbone, strategy
+    return parse_backbone_dirname(backbone), strategy
 
 
 def run_key(backbone: str, strategy: str, seed: object, fold: object) -> str:
@@ -321,7 +332,7 @@ def parse_run_dir(path: str | os.PathLike) -> RunKey:
     m = _RUN_RE.search(Path(path).as_posix())
     if not m:
         raise ValueError(f"{path} is not a run directory (<dataset>/runs/{run_key('<backbone>', '<strategy>', '<s>', '<k>')})")
-    return RunKey(m["dataset"], m["backbone"], m["strategy"], int(m["seed"]), int(m["fold"]))
+    return RunKey(m["dataset"], parse_backbone_dirname(m["backbone"]), m["strategy"], int(m["seed"]), int(m["fold"]))
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import subprocess
@@ -213,3 +214,22 @@ def test_layer_decay_cells_follow_the_strategy_rule():
     assert {c.strategy for c in grid.cells} == {"scratch", "linear", "full"}
     full = next(c for c in grid.cells if c.strategy == "full")
     assert wf.train_settings(config, full)["layer_decay"] == 0.75
+
+
+@pytest.mark.slow
+def test_a_grid_mixing_torchvision_customcnn_and_timm_backbones_runs_to_the_summary(tmp_path):
+    """timm names (here timm's tiny test architectures, random weights) are grid backbones like any other."""
+    config = yaml.safe_load(TINY.read_text())
+    config["backbones"] = {"customcnn": {}, "resnet18": {}, "test_convnext": {}, "test_vit.r160_in1k": {}}
+    config["strategies"] = {"scratch": {}}
+    config["gradcam"] = {"n": 1, "configurations": ["test_convnext__scratch", "test_vit.r160_in1k__scratch"]}
+    config["ensembles"] = {"all": {"members": "all", "methods": ["mean"]}}
+    proc = _snakemake(tmp_path, "--cores", "2", config=config)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = (tmp_path / "results" / "summary.md").read_text()
+    for name in ("customcnn__scratch", "resnet18__scratch", "test_convnext__scratch", "test_vit.r160_in1k__scratch"):
+        assert f"`{name}`" in summary, name
+    assert "`test_vit.r160_in1k` (timm, tag r160_in1k; weights none (2))" in summary
+    assert "`resnet18` (torchvision; weights none (2))" in summary
+    cams = Path(tmp_path, paths.gradcam_index_file(paths.run_dir("results", "tiny", "test_vit.r160_in1k", "scratch", 0, 0), "test"))
+    assert json.loads(cams.read_text())["images"]

@@ -101,6 +101,17 @@ def _counts(values) -> dict[str, int]:
     return dict(sorted(Counter(str(v) for v in values).items()))
 
 
+def _backbones(runs: list[Run]) -> dict:
+    """``{backbone: {family, tag, weights: {source: number of runs}}}`` from the runs' ``config.json`` (runs written
+    before medcli recorded it: the family and source are unknown)."""
+    out: dict = {}
+    for r in runs:
+        b = r.doc.get("backbone") or {"name": r.key.backbone}
+        entry = out.setdefault(b["name"], {"family": b.get("family"), "tag": b.get("tag"), "weights": Counter()})
+        entry["weights"][str(b.get("weights_source", (r.doc.get("config") or {}).get("weights")))] += 1
+    return {name: {**e, "weights": dict(sorted(e["weights"].items()))} for name, e in sorted(out.items())}
+
+
 def provenance(runs: list[Run], experiment: dict | None, generated: datetime) -> dict:
     """Versions, revisions, hardware and training time of ``runs``; config hash and pretraining of the experiment.
 
@@ -122,6 +133,7 @@ def provenance(runs: list[Run], experiment: dict | None, generated: datetime) ->
         "config_hash": experiment.get("config_hash"),
         "pretraining": experiment.get("pretraining"),
         "n_runs": len(runs),
+        "backbones": _backbones(runs),
         "runs_per_dataset": _counts(r.key.dataset for r in runs),
         "git_revisions": _counts(r.doc.get("git_revision") or "unknown" for r in runs),
         "packages": {name: dict(sorted(c.items())) for name, c in packages.items()},

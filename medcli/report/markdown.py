@@ -434,6 +434,10 @@ def _provenance(p: dict, summary: dict) -> list[str]:
              f"precision {_counted(p['precision'])}; processes per run {_counted(p['processes'])}.",
              f"- Training time: {_duration(t['total'])} in total over {t['n_runs']} runs; per run {_duration(t['mean'])} on average, "
              f"{_duration(t['max'])} at most" + (f" (`{t['slowest_run']}`)" if t.get("slowest_run") else "") + "."]
+    if p.get("backbones"):
+        lines.append("- Backbones and their starting weights: " + "; ".join(
+            f"`{name}` ({b['family'] or 'family not recorded'}{', tag ' + b['tag'] if b.get('tag') else ''}; weights "
+            + ", ".join(f"{src} ({n})" for src, n in b["weights"].items()) + ")" for name, b in p["backbones"].items()) + ".")
     if p.get("pretraining"):
         lines.append(f"- Transfer weights: **pretrained on a synthetic source task**, {_pretraining(p['pretraining'])}; not ImageNet.")
     b = summary["bootstrap"]

@@ -103,10 +103,13 @@ class TrainConfig:
     channels: int = setting(3, "Input channels: 1 (grayscale) or 3 (RGB).", DATA, choices=(1, 3))
     resize: str = setting("squash", "How images are brought to the input size.", DATA, choices=RESIZE_MODES)
     # model
-    backbone: str = setting("resnet18", "customcnn or a torchvision model name (see `medcli models`).", MODEL, workflow="grid", short="-b")
+    backbone: str = setting("resnet18", "customcnn, a torchvision model name, a timm model name with its pretrained tag "
+                            "(convnext_tiny.fb_in22k) or a Hub name (hf-hub:ORG/NAME); see `medcli models`.", MODEL,
+                            workflow="grid", short="-b")
     head: str = setting("linear", "Classification head: linear or mlp.", MODEL)
     strategy: str = setting("full", "Transfer-learning strategy: scratch, linear, partial, full or two-phase.", MODEL, workflow="grid", short="-s")
-    weights: str | None = setting(None, "imagenet, none or a weights file.", MODEL, workflow="grid", short="-w",
+    weights: str | None = setting(None, "imagenet (or pretrained: the model's pretrained weights), none, or a weights file "
+                                  "(.safetensors, .pth, a medcli model.pt).", MODEL, workflow="grid", short="-w",
                                   default_text="imagenet; none for scratch and customcnn")
     dropout: float = setting(0.5, "Dropout of the mlp head.", MODEL, minimum=0, exclusive_maximum=1)
     hidden: int = setting(256, "Hidden units of the mlp head.", MODEL, minimum=1)
@@ -360,7 +363,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     info = get_backbone(cfg.backbone)
     get_head(cfg.head)
     get_strategy(cfg.strategy)
-    weights = cfg.weights
+    weights = "imagenet" if cfg.weights == "pretrained" else cfg.weights  # timm's word for a model's pretrained weights
     if weights is None:
         weights = "none" if cfg.strategy == "scratch" or info.imagenet_weights is None else "imagenet"
     if weights not in ("none", "imagenet"):

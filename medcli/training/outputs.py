@@ -46,6 +46,7 @@ def write_outputs(cfg, fold, model, history: list[dict], val_logits: np.ndarray,
         # trains on the same images and folds (a relative --data or a default splits file would not)
         "config": {**cfg.to_dict(), "data": os.path.abspath(cfg.data), "splits": os.path.abspath(fold.splits_path)},
         "classes": fold.classes,
+        "backbone": backbone_record(cfg.backbone, cfg.weights),
         "preprocess": preprocess,
         "summary": summary,
         "data_fingerprint": fold.data_fingerprint,
@@ -57,6 +58,17 @@ def write_outputs(cfg, fold, model, history: list[dict], val_logits: np.ndarray,
         "hardware": hardware(),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
+
+
+def backbone_record(backbone: str, weights: str) -> dict:
+    """What the report names a backbone by: ``name``, ``family`` (custom, torchvision, timm), timm's ``arch`` and
+    pretrained ``tag``, and ``weights_source``: where the starting weights came from (``none``, the torchvision
+    weights enum or timm/Hub source for ``imagenet``, or the weights file)."""
+    from ..models import get_backbone
+
+    info = get_backbone(backbone)
+    source = {"none": "none", "imagenet": info.imagenet_weights}.get(weights, weights)
+    return {"name": backbone, "family": info.family, "arch": info.timm_name, "tag": info.pretrained_tag, "weights_source": source}
 
 
 def write_history(path, history: list[dict]) -> None:

@@ -55,8 +55,13 @@ def mem_mb(stage):
 CELLS = {(c.dataset, c.backbone, c.strategy, str(c.seed), str(c.fold)): c for c in GRID.cells}
 
 
+def backbone_of(wildcards):
+    """The backbone name of a `{backbone}` wildcard (folder names percent-encode `/` and `:` of Hub names)."""
+    return paths.parse_backbone_dirname(wildcards.backbone)
+
+
 def cell_of(wildcards):
-    key = (wildcards.dataset, wildcards.backbone, wildcards.strategy, str(wildcards.seed), str(wildcards.fold))
+    key = (wildcards.dataset, backbone_of(wildcards), wildcards.strategy, str(wildcards.seed), str(wildcards.fold))
     try:
         return CELLS[key]
     except KeyError:
@@ -64,7 +69,7 @@ def cell_of(wildcards):
 
 
 def run_dir(wildcards):
-    return paths.run_dir(RESULTS, wildcards.dataset, wildcards.backbone, wildcards.strategy, wildcards.seed, wildcards.fold)
+    return paths.run_dir(RESULTS, wildcards.dataset, backbone_of(wildcards), wildcards.strategy, wildcards.seed, wildcards.fold)
 
 
 def dataset_input(wildcards):
@@ -77,9 +82,9 @@ def dataset_input(wildcards):
 def weights_input(wildcards):
     cell = cell_of(wildcards)
     if cell.weights == "pretrained":
-        return paths.model_file(paths.run_dir(RESULTS, grid_lib.PRETRAIN_DATASET, wildcards.backbone, "scratch", 0, 0))
+        return paths.model_file(paths.run_dir(RESULTS, grid_lib.PRETRAIN_DATASET, backbone_of(wildcards), "scratch", 0, 0))
     if cell.weights == "imagenet":
-        return paths.weights_marker(WORK, wildcards.backbone)
+        return paths.weights_marker(WORK, backbone_of(wildcards))
     return []
 
 

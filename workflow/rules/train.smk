@@ -17,7 +17,7 @@ rule train:
         val=paths.predictions_file(RUN, "val"),
     params:
         settings=train_job_settings,  # common.smk
-        settings_file=lambda wc: paths.cell_settings_file(WORK, wc.dataset, wc.backbone, wc.strategy, wc.seed, wc.fold),
+        settings_file=lambda wc: paths.cell_settings_file(WORK, wc.dataset, backbone_of(wc), wc.strategy, wc.seed, wc.fold),
         launch=LAUNCH,
         rerun=RERUN,
     log:
