@@ -62,13 +62,16 @@ def write_outputs(cfg, fold, model, history: list[dict], val_logits: np.ndarray,
 
 def backbone_record(backbone: str, weights: str) -> dict:
     """What the report names a backbone by: ``name``, ``family`` (custom, torchvision, timm), timm's ``arch`` and
-    pretrained ``tag``, and ``weights_source``: where the starting weights came from (``none``, the torchvision
-    weights enum or timm/Hub source for ``imagenet``, or the weights file)."""
+    pretrained ``tag``, ``weights_source`` (where the starting weights came from: ``none``, the torchvision
+    weights enum or timm/Hub source for ``imagenet``, or the weights file), the weights' reference ``crop_pct``
+    (informative: medcli resizes the whole image, ``--resize``, rather than centre-cropping away image borders)
+    and their ``license`` as timm records it."""
     from ..models import get_backbone
 
     info = get_backbone(backbone)
     source = {"none": "none", "imagenet": info.imagenet_weights}.get(weights, weights)
-    return {"name": backbone, "family": info.family, "arch": info.timm_name, "tag": info.pretrained_tag, "weights_source": source}
+    return {"name": backbone, "family": info.family, "arch": info.timm_name, "tag": info.pretrained_tag, "weights_source": source,
+            "crop_pct": info.crop_pct, "license": info.license}
 
 
 def write_history(path, history: list[dict]) -> None:
