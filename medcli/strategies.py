@@ -187,7 +187,7 @@ def get_strategy(name: str) -> StrategyInfo:
 def _weights_kind(weights: str | os.PathLike | None) -> str | None:
     if weights is None or (isinstance(weights, str) and weights.strip().lower() == "none"):
         return None
-    if isinstance(weights, str) and weights.strip().lower() in ("imagenet", "pretrained"):
+    if isinstance(weights, str) and weights.strip().lower() == "imagenet":  # resolve() maps --weights pretrained here
         return "imagenet"
     return "file"
 

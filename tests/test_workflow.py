@@ -233,3 +233,12 @@ def test_a_grid_mixing_torchvision_customcnn_and_timm_backbones_runs_to_the_summ
     assert "`resnet18` (torchvision; weights none (2))" in summary
     cams = Path(tmp_path, paths.gradcam_index_file(paths.run_dir("results", "tiny", "test_vit.r160_in1k", "scratch", 0, 0), "test"))
     assert json.loads(cams.read_text())["images"]
+
+
+def test_the_demo_grid_keeps_its_transfer_cells():
+    """The demo's `weights: pretrained` (its synthetic pretraining) is a weights file for every backbone: customcnn's
+    linear and full cells train from it (and are not taken for ImageNet weights customcnn does not have)."""
+    grid = wf.expand_grid(_demo())
+    assert not grid.skipped
+    assert {(c.backbone, c.strategy) for c in grid.cells} == {(b, s) for b in ("customcnn", "resnet18") for s in ("scratch", "linear", "full")}
+    assert len(grid.cells) == 2 * 3 * 2 * 3
