@@ -293,7 +293,8 @@ def versions() -> dict:
     import importlib.metadata as md
 
     out = {"medcli": __version__, "python": platform.python_version()}
-    for pkg in ("torch", "torchvision", "accelerate", "numpy", "scikit-learn", "pillow"):
+    for pkg in ("torch", "torchvision", "accelerate", "numpy", "scikit-learn", "pillow", "timm", "huggingface-hub", "safetensors",
+                "pydicom"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

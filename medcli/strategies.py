@@ -229,7 +229,8 @@ def combination_problem(backbone: str, strategy: str, weights: str | os.PathLike
         return setting
     kind = _weights_kind(weights)
     if kind == "imagenet" and info.imagenet_weights is None:
-        return f"{backbone} has no ImageNet weights: use a weights file of a trained {backbone}, or weights 'none'"
+        what = "pretrained weights in timm (`medcli models --search` marks the names that have)" if info.family == "timm" else "ImageNet weights"
+        return f"{backbone} has no {what}: use a weights file of a trained {backbone}, or weights 'none'"
     if kind is None and strat.needs_pretrained:
         if info.imagenet_weights is None:
             fix = f"{backbone} has no ImageNet weights, so give a weights file of a trained {backbone}"

@@ -384,3 +384,43 @@ def test_help_imports_neither_torch_nor_timm():
     proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("name, cam_layer, last_stage", [
+    ("test_resnet", "layer4", {"layer4"}),
+    ("test_convnext", "stages.3", {"stages.3", "head"}),
+    ("test_efficientnet", "blocks.4", {"blocks.4", "conv_head"}),
+    ("regnetx_002", "s4", {"s4"}),
+    ("test_vit", "blocks.5.norm1", {"blocks.5", "norm"}),
+    ("t-vit-reg4", "blocks.1.norm1", {"blocks.1", "norm"}),
+    ("t-swin", "layers.1", {"layers.1", "norm"}),
+])
+def test_each_family_gets_the_cam_layer_and_last_stage_the_literature_uses(name, cam_layer, last_stage):
+    """ViTs: the last block's norm1 (the class token after the last block ignores the patch tokens); CNNs and Swin:
+    the last stage. The last stage (what `partial` trains first) ends with the final norm or neck."""
+    info = get_backbone(name)
+    assert info.cam_layer == cam_layer
+    assert set(info.stages[-1]) >= last_stage and not any(n.startswith(("patch_embed", "stem", "conv_stem")) for n in info.stages[-1])
+
+
+def test_a_partly_loaded_pretrained_model_is_refused(monkeypatch):
+    """timm initialises a first layer it cannot adapt at random (or loads non-strictly) and only logs it: refused."""
+    import logging
+
+    from medcli.errors import MedcliError
+    from medcli.models import timm_backbones as tb
+
+    info = get_backbone("test_resnet")
+    real = tb._create
+
+    def create_and_log(info_, img_size, **kwargs):
+        logging.getLogger("timm.models._builder").warning("Unable to convert pretrained conv1 weights, using random init for this layer.")
+        kwargs.update(pretrained=False, num_classes=0)
+        kwargs.pop("pretrained_cfg_overlay", None)
+        return real(info_, img_size, **kwargs)
+
+    monkeypatch.setattr(tb, "_create", create_and_log)
+    with pytest.raises(MedcliError, match="loaded only partly into test_resnet .*Unable to convert"):
+        tb.build_timm_trunk(info, 1, 32, pretrained=True)
+    trunk, _ = tb.build_timm_trunk(info, 1, 32, pretrained=False)  # without pretrained weights nothing is refused
+    assert trunk is not None

@@ -36,6 +36,7 @@ from the cache, gated, or not found: one-line :class:`MedcliError` saying what t
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import math
@@ -501,6 +502,32 @@ def read_timm_weights_file(path: Path, name: str) -> dict[str, torch.Tensor]:
     return state
 
 
+@contextlib.contextmanager
+def _partial_loads():
+    """Collect timm's log lines that say pretrained weights were loaded only partly (a first layer it could not
+    adapt and initialised randomly; keys missing or unexpected under a non-strict load timm chose itself)."""
+    found: list[str] = []
+
+    class _Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            if message.startswith(("Unable to convert", "Missing keys", "Unexpected keys")):
+                found.append(message)
+
+    handler = _Catch(level=logging.DEBUG)
+    loggers = [logging.getLogger(name) for name in ("timm.models._builder", "timm.models._manipulate", "timm.models._helpers")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.DEBUG)
+    try:
+        yield found
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+
+
 def build_timm_trunk(
     info: BackboneInfo, in_channels: int, img_size: int, *, pretrained: bool = False,
     state_dict: dict[str, torch.Tensor] | None = None, source: str | None = None,
@@ -527,10 +554,19 @@ def build_timm_trunk(
         kwargs.update(pretrained=True, num_classes=n_src, pretrained_cfg_overlay=overlay)
     elif pretrained:
         kwargs.update(pretrained=True)  # num_classes = the weights' own: a strict load
+        local = cached_path(info)
+        if local is not None and local.is_file():
+            # load the cached file itself: huggingface_hub would otherwise ask the Hub for the file's metadata first
+            # (about 46 s of retries on a compute node without network unless HF_HUB_OFFLINE=1 is set)
+            kwargs.update(pretrained_cfg_overlay={"file": str(local), "source": ""})
     else:
         kwargs.update(pretrained=False, num_classes=0)
     try:
-        trunk = _create(info, img_size, **kwargs)
+        with _partial_loads() as partial:
+            trunk = _create(info, img_size, **kwargs)
+        if partial and kwargs.get("pretrained"):
+            raise MedcliError(f"{what} loaded only partly into {info.name} ({_one_line(partial[0], 200)}); medcli does not "
+                              "train from partly random weights: use weights 'none' or weights that fit")
     except MedcliError:
         raise
     except RuntimeError as exc:

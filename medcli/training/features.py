@@ -96,7 +96,7 @@ def feature_key(parts: dict) -> str:
 
 def key_parts(*, store_key: str, ids: list[str], backbone: str, trunk: str, mean, std, channels: int, precision: str) -> dict:
     """Everything that changes the cached numbers (``ids``: the images whose features are stored)."""
-    return {
+    parts = {
         "format": FEATURES_FORMAT,
         "store_key": store_key,
         "ids": hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest(),
@@ -107,6 +107,21 @@ def key_parts(*, store_key: str, ids: list[str], backbone: str, trunk: str, mean
         "channels": int(channels),
         "precision": precision,
     }
+    parts.update(_forward_code(backbone))
+    return parts
+
+
+def _forward_code(backbone: str) -> dict:
+    """For timm backbones, what changes the features without changing the weights: the constructor arguments
+    (pooling, ...) and timm's version (its forward code). Empty for medcli's own backbones, so their keys stay."""
+    from ..models import get_backbone
+
+    info = get_backbone(backbone)
+    if info.family != "timm":
+        return {}
+    import timm
+
+    return {"timm": timm.__version__, "timm_kwargs": repr(tuple(info.timm_kwargs))}
 
 
 def extract_features(model, images: np.ndarray, rows: np.ndarray, norm, accelerator, *, batch_size: int,

@@ -1,6 +1,7 @@
 # Pretrained weights: downloaded on the login node (compute nodes often have no internet) into the torch cache
-# (torchvision) or the Hugging Face cache (`HF_HOME`; timm and Hub backbones), which training jobs read with
-# `HF_HUB_OFFLINE=1`; the built-in demo instead pretrains each backbone on a separate synthetic source task.
+# (torchvision) or the Hugging Face cache (`HF_HOME`; timm and Hub backbones), which training jobs read without a
+# network (set HF_HUB_OFFLINE=1 on compute nodes for `hf-hub:` names); the built-in demo instead pretrains each
+# backbone on a separate synthetic source task.
 
 
 rule download_weights:
