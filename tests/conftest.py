@@ -17,6 +17,18 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MEDCLI_NO_PROGRESS", "1")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: a second CPU thread only adds synchronisation, a lot of it on a busy machine. Use it in a
+    module with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def chest_ct() -> Path:
     if not CHEST_CT.is_dir():

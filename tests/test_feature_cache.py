@@ -28,13 +28,7 @@ from medcli.training import resolve, train
 from .test_training import _cfg, _history, dataset  # noqa: F401  (dataset is a fixture)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The models here are tiny: a second CPU thread only adds synchronisation, a lot of it on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one CPU thread (conftest.py)
 
 
 @pytest.fixture
