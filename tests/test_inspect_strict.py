@@ -166,3 +166,14 @@ def _with_dicom(record):
     """The scan record of a PNG, given the DICOM facts a CT file would have (ScanRecord carries the fields)."""
     return dataclasses.replace(record, modality="CT", photometric="MONOCHROME2", bits_stored=12,
                                transfer_syntax="1.2.840.10008.1.2.1", window="40,400", frames=1)
+
+
+def test_a_large_cross_split_group_shows_both_sides_on_the_contact_sheet():
+    from medcli.data.contact_sheet import PER_ROW, _representative
+
+    cells = [(f"test/{k}.png", "a") for k in range(PER_ROW + 3)] + [("train/x.png", "a"), ("train/y.png", "b")]
+    split_of = {sid: sid.split("/")[0] for sid, _ in cells}
+    shown = _representative(cells, split_of)
+    assert len(shown) == PER_ROW - 1  # the last cell says "+N more"
+    assert ("train/x.png", "a") in shown and ("train/y.png", "b") in shown and shown[0] == ("test/0.png", "a")
+    assert _representative(cells[:3], split_of) == cells[:3]

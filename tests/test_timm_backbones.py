@@ -419,3 +419,19 @@ def test_a_partly_loaded_pretrained_model_is_refused(monkeypatch):
         tb.build_timm_trunk(info, 1, 32, pretrained=True)
     trunk, _ = tb.build_timm_trunk(info, 1, 32, pretrained=False)  # without pretrained weights nothing is refused
     assert trunk is not None
+
+
+def test_local_faults_and_build_errors_are_not_blamed_on_the_cache_or_the_image_size():
+    import errno
+
+    from medcli.models import timm_backbones as tb
+
+    full = tb.hub_error(OSError(errno.ENOSPC, "No space left on device"), "x.tag", "hf-hub:timm/x.tag")
+    assert "could not be read or written locally" in str(full) and "medcli weights download" not in str(full)
+    SafetensorError = type("SafetensorError", (Exception,), {})
+    corrupt = tb.hub_error(SafetensorError("invalid header"), "x.tag", "hf-hub:timm/x.tag")
+    assert "corrupt" in str(corrupt) and "medcli weights download x.tag" in str(corrupt)
+    info = get_backbone("test_vit")
+    assert "img_size 50" in tb._build_error(info, 50, "w", "Input image size (50*50) doesn't match model")
+    other = tb._build_error(info, 50, "the weights file w.pth", "Error: channel mismatch 3 vs 1")
+    assert "img_size" not in other and other.startswith("test_vit: the weights file w.pth cannot be used")

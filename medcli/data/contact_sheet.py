@@ -95,24 +95,22 @@ def write_contact_sheet(
         g, top = item.group, PAD + item.row * ROW
         header = (
             f"#{item.row} {g.kind}: {len(g.ids)} images; labels {', '.join(sorted(set(g.labels)))}; "
-            f"splits {', '.join(sorted({str(split_of.get(i)) for i in g.ids}))} [{', '.join(item.reasons)}]"
+            f"splits {', '.join(sorted({_split_name(split_of.get(i)) for i in g.ids}))} [{', '.join(item.reasons)}]"
         )
         draw.text((PAD, top), _fit(draw, header, WIDTH - 2 * PAD, font), fill="red" if g.conflicting else "black", font=font)
-        cells = list(zip(g.ids, g.labels))
-        if len(cells) > PER_ROW:
-            cells = cells[: PER_ROW - 1]
+        cells = _representative(list(zip(g.ids, g.labels)), split_of)
         for col, (sid, label) in enumerate(cells):
             left, y = PAD + col * (THUMB + PAD), top + HEADER
             record = records.get(sid)
             try:
                 if record is not None and not record.ok:
                     raise ValueError(record.error)
-                img = load_image(by_id[sid])[0].convert("RGB")
+                img = load_image(by_id[sid], dataset.decode)[0].convert("RGB")  # decoded as the dataset is (window, frame)
                 img.thumbnail((THUMB, THUMB))
                 sheet.paste(img, (left + (THUMB - img.width) // 2, y + (THUMB - img.height) // 2))
             except Exception:  # noqa: BLE001 - any undecodable file is drawn as a gray box, never stops the sheet
                 draw.rectangle([left, y, left + THUMB - 1, y + THUMB - 1], fill=(200, 200, 200))
-            for line, text in enumerate((sid, label, str(split_of.get(sid)))):
+            for line, text in enumerate((sid, label, _split_name(split_of.get(sid)))):
                 draw.text((left, y + THUMB + line * CAPTION_LINE), _fit(draw, text, THUMB, font, keep_end=line == 0), fill="black", font=font)
         if len(g.ids) > PER_ROW:
             left = PAD + (PER_ROW - 1) * (THUMB + PAD)
@@ -129,3 +127,20 @@ def _fit(draw, text: str, width: int, font, keep_end: bool = False) -> str:
     while text and draw.textlength("…" + text if keep_end else text + "…", font=font) > width:
         text = text[1:] if keep_end else text[:-1]
     return ("…" + text) if keep_end else (text + "…")
+
+
+def _split_name(split) -> str:
+    return "all" if split is None else str(split)
+
+
+def _representative(cells: list[tuple[str, str]], split_of: dict) -> list[tuple[str, str]]:
+    """The members a row shows: all of them when they fit, else first one of every (split, label) present, so a
+    cross-split or label-conflict group always shows both sides, then the others in order."""
+    if len(cells) <= PER_ROW:
+        return cells
+    seen, first, rest = set(), [], []
+    for cell in cells:
+        kind = (_split_name(split_of.get(cell[0])), cell[1])
+        (rest if kind in seen else first).append(cell)
+        seen.add(kind)
+    return (first + rest)[: PER_ROW - 1]

@@ -69,9 +69,14 @@ def save_gallery(path: str | os.PathLike, tiles: Sequence[Tile], title: str, *, 
 
     if not tiles:
         raise ValueError("a gallery needs at least one tile")
+    import textwrap
+
     cols = min(columns, len(tiles))
     rows = math.ceil(len(tiles) / cols)
-    tile_w, tile_h, head = 3.0, 1.9, 0.8  # inches
+    tile_w, tile_h = 3.0, 1.9  # inches
+    # the title wrapped to the figure's width (8 pt text: about 15 characters per inch), never cut at its edges
+    title = textwrap.fill(title, width=max(30, int((cols * tile_w + 0.9) * 15)))
+    head = 0.65 + 0.18 * (title.count("\n") + 1)
     fig = Figure(figsize=(cols * tile_w + 0.9, rows * tile_h + head), dpi=110)
     height = rows * tile_h + head
     grid = fig.add_gridspec(rows, cols * 2, left=0.02, right=1 - 0.9 / (cols * tile_w + 0.9), bottom=0.2 / height,

@@ -187,6 +187,11 @@ def hub_error(exc: BaseException, name: str, repo: str | None, *, what: str = "p
     local_missing = getattr(errors, "LocalEntryNotFoundError", ())
     if remote_missing and isinstance(exc, remote_missing) and not (local_missing and isinstance(exc, local_missing)):
         return MedcliError(f"{name}: the {what} file is missing from the Hub repository{where} ({_one_line(exc, 120)})")
+    if isinstance(exc, OSError) and not (local_missing and isinstance(exc, local_missing)) and _local_fault(exc):
+        return MedcliError(f"{name}: the {what} could not be read or written locally ({_one_line(exc, 160)}): check the disk "
+                           f"and permissions of the {'torch hub' if (repo or '').startswith('http') else 'Hugging Face'} cache")
+    if type(exc).__name__ == "SafetensorError":
+        return MedcliError(f"{name}: the cached {what} file is corrupt ({_one_line(exc, 120)}): delete it and run {download} again")
     if isinstance(exc, OSError) or (local_missing and isinstance(exc, local_missing)):
         if (repo or "").startswith(("http://", "https://")):  # a URL-only tag: timm uses the torch hub cache
             cache, env = f"torch hub cache {torch.hub.get_dir()}", "TORCH_HOME"
@@ -199,6 +204,13 @@ def hub_error(exc: BaseException, name: str, repo: str | None, *, what: str = "p
             f"them offline (HF_HUB_OFFLINE=1)"
         )
     return None
+
+
+def _local_fault(exc: OSError) -> bool:
+    """A local file-system problem (disk full, permission denied, read-only), not a missing download."""
+    import errno
+
+    return getattr(exc, "errno", None) in (errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT)
 
 
 # --- structure ----------------------------------------------------------------------------------------------
@@ -528,6 +540,13 @@ def _partial_loads():
             lg.setLevel(level)
 
 
+def _build_error(info: BackboneInfo, img_size: int, what: str, text: str) -> str:
+    """Say "img_size" only when timm's message is about the input size or the patch grid."""
+    if re.search(r"img_size|input size|image size|grid|patch|divisible|window", text, re.IGNORECASE):
+        return f"{info.name} cannot be built for img_size {img_size}: {_one_line(text, 200)}; try the model's own size ({info.input_size})"
+    return f"{info.name}: {what} cannot be used ({_one_line(text, 200)})"
+
+
 def build_timm_trunk(
     info: BackboneInfo, in_channels: int, img_size: int, *, pretrained: bool = False,
     state_dict: dict[str, torch.Tensor] | None = None, source: str | None = None,
@@ -580,10 +599,10 @@ def build_timm_trunk(
             raise MedcliError(f"{info.name} has no pretrained weights in timm: use weights 'none' or a weights file") from None
         err = hub_error(exc, info.name, info.imagenet_weights)
         if err is None:
-            raise MedcliError(f"{info.name} cannot be built for img_size {img_size}: {_one_line(text, 200)}") from None
+            raise MedcliError(_build_error(info, img_size, what, text)) from None
         raise err from None
     except (AssertionError, ValueError) as exc:
-        raise MedcliError(f"{info.name} cannot be built for img_size {img_size}: {_one_line(exc, 200)}") from None
+        raise MedcliError(_build_error(info, img_size, what, str(exc))) from None
     except Exception as exc:
         err = hub_error(exc, info.name, info.imagenet_weights)
         if err is None:
