@@ -435,3 +435,30 @@ def test_local_faults_and_build_errors_are_not_blamed_on_the_cache_or_the_image_
     assert "img_size 50" in tb._build_error(info, 50, "w", "Input image size (50*50) doesn't match model")
     other = tb._build_error(info, 50, "the weights file w.pth", "Error: channel mismatch 3 vs 1")
     assert "img_size" not in other and other.startswith("test_vit: the weights file w.pth cannot be used")
+
+
+def test_a_hub_name_trains_offline_from_the_cache_into_a_folder_safe_run_folder(synthetic, tmp_path):
+    """`hf-hub:ORG/NAME`: timm reads the repository's config.json and weights from the Hugging Face cache."""
+    torch.manual_seed(6)
+    hub_model = timm.create_model("test_resnet.r160_in1k")
+    weights = _fake_hub_cache(tmp_path / "hf", "timm/test_resnet.r160_in1k", hub_model.state_dict())
+    cfg = timm.models.get_pretrained_cfg("test_resnet.r160_in1k").to_dict()
+    (weights.parent / "config.json").write_text(json.dumps({"architecture": "test_resnet", "num_classes": 1000, "pretrained_cfg": cfg}))
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO),
+           "OMP_NUM_THREADS": "1", "MEDCLI_NO_PROGRESS": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    name = "hf-hub:timm/test_resnet.r160_in1k"
+    commands = {"hub": ["train", "--backbone", name, "--data", str(synthetic), "--strategy", "linear", "--epochs", "1",
+                        "--img-size", str(SIZE), "--batch-size", "8", "--channels", "3", "--weights", "imagenet"]}
+    proc = subprocess.run([sys.executable, "-c", _OFFLINE_DRIVER, json.dumps(commands)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, text = json.loads(proc.stdout.strip().splitlines()[-1])["hub"]
+    assert code == 0, text
+    run = Path(paths.run_dir(tmp_path / "results", "d", name, "linear", 0, 0))
+    assert run.parent.parent.name == "hf-hub%3Atimm%2Ftest_resnet.r160_in1k__linear"  # one folder, parsed back
+    assert paths.parse_run_dir(run).backbone == name
+    state = torch.load(run / "model.pt", weights_only=True)["state_dict"]  # rebuilding the model would need the Hub config
+    assert torch.equal(state["trunk.layer4.0.conv1.weight"], hub_model.state_dict()["layer4.0.conv1.weight"])
+    record = json.loads((run / "config.json").read_text())["backbone"]
+    assert record["family"] == "timm" and record["weights_source"] == name
