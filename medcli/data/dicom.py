@@ -55,6 +55,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import one_line
 from .decode import DecodeError, MultiFrameError
 
 #: ``name -> (centre, width)`` in Hounsfield units, from OHIF Viewers (see the module docstring).
@@ -299,13 +300,7 @@ def _decode_pixels(ds, ts, ts_name: str, index: int | None) -> np.ndarray:
             return np.asarray(pixel_array(ds, index=index))
     except Exception as exc:  # RuntimeError (all plugins failed), ValueError (truncated), AttributeError (missing tags)
         hint = f"; decoders for it: {packages}" if packages else ""
-        raise DecodeError(f"unreadable pixel data ({ts_name}): {type(exc).__name__}: {_first_line(exc)}{hint}") from None
-
-
-def _first_line(exc: Exception) -> str:
-    """The exception's message on one line (pydicom lists one failing plugin per line), at most 300 characters."""
-    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
-    return text if len(text) <= 300 else text[:297] + "..."
+        raise DecodeError(f"unreadable pixel data ({ts_name}): {type(exc).__name__}: {one_line(exc)}{hint}") from None
 
 
 def _frame_item(ds, index: int | None, sequence: str):
@@ -345,7 +340,7 @@ def _grayscale(arr: np.ndarray, ds, window: str | None, index: int | None) -> tu
         else:
             values = apply_modality_lut(arr, ds)
     except Exception as exc:
-        raise DecodeError(f"unreadable modality LUT / rescale: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise DecodeError(f"unreadable modality LUT / rescale: {type(exc).__name__}: {one_line(exc)}") from None
     values = np.asarray(values, dtype=np.float64)
 
     if window is not None:

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import MedcliError
+from ..errors import MedcliError, one_line
 from ._registry import BackboneInfo, nhwc_to_nchw
 
 log = logging.getLogger("medcli")
@@ -83,11 +83,6 @@ def _timm():
     except ImportError:  # pragma: no cover - timm is a dependency
         raise MedcliError("timm is not installed: pip install 'timm>=1.0,<2' to use timm backbones") from None
     return timm
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --- names ------------------------------------------------------------------------------------------------
@@ -186,18 +181,18 @@ def hub_error(exc: BaseException, name: str, repo: str | None, *, what: str = "p
     remote_missing = getattr(errors, "RemoteEntryNotFoundError", ()) or getattr(errors, "EntryNotFoundError", ())
     local_missing = getattr(errors, "LocalEntryNotFoundError", ())
     if remote_missing and isinstance(exc, remote_missing) and not (local_missing and isinstance(exc, local_missing)):
-        return MedcliError(f"{name}: the {what} file is missing from the Hub repository{where} ({_one_line(exc, 120)})")
+        return MedcliError(f"{name}: the {what} file is missing from the Hub repository{where} ({one_line(exc, 120)})")
     if isinstance(exc, OSError) and not (local_missing and isinstance(exc, local_missing)) and _local_fault(exc):
-        return MedcliError(f"{name}: the {what} could not be read or written locally ({_one_line(exc, 160)}): check the disk "
+        return MedcliError(f"{name}: the {what} could not be read or written locally ({one_line(exc, 160)}): check the disk "
                            f"and permissions of the {'torch hub' if (repo or '').startswith('http') else 'Hugging Face'} cache")
     if type(exc).__name__ == "SafetensorError":
-        return MedcliError(f"{name}: the cached {what} file is corrupt ({_one_line(exc, 120)}): delete it and run {download} again")
+        return MedcliError(f"{name}: the cached {what} file is corrupt ({one_line(exc, 120)}): delete it and run {download} again")
     if isinstance(exc, OSError) or (local_missing and isinstance(exc, local_missing)):
         if (repo or "").startswith(("http://", "https://")):  # a URL-only tag: timm uses the torch hub cache
             cache, env = f"torch hub cache {torch.hub.get_dir()}", "TORCH_HOME"
         else:
             cache, env = f"Hugging Face cache {_hf_cache_dir()}", "HF_HOME"
-        reason = "HF_HUB_OFFLINE is set" if _offline() else f"download failed: {_one_line(exc, 120)}"
+        reason = "HF_HUB_OFFLINE is set" if _offline() else f"download failed: {one_line(exc, 120)}"
         return MedcliError(
             f"the {what} of {name}{where} are not in the {cache} and cannot be downloaded here ({reason}): "
             f"run {download} on a machine with internet (e.g. a login node) with the same {env}, then use "
@@ -506,7 +501,7 @@ def read_timm_weights_file(path: Path, name: str) -> dict[str, torch.Tensor]:
     try:
         state = timm.models.load_state_dict(str(path))
     except Exception as exc:
-        raise MedcliError(f"{path} is not a weights file for {name} ({_one_line(exc, 160)})") from None
+        raise MedcliError(f"{path} is not a weights file for {name} ({one_line(exc, 160)})") from None
     if not (isinstance(state, dict) and state and all(torch.is_tensor(v) for v in state.values())):
         raise MedcliError(f"{path} holds no state dict (parameter names -> tensors) for {name}")
     if all(k.startswith(("trunk.", "head.")) for k in state):  # a medcli Classifier's state dict saved by hand
@@ -543,8 +538,8 @@ def _partial_loads():
 def _build_error(info: BackboneInfo, img_size: int, what: str, text: str) -> str:
     """Say "img_size" only when timm's message is about the input size or the patch grid."""
     if re.search(r"img_size|input size|image size|grid|patch|divisible|window", text, re.IGNORECASE):
-        return f"{info.name} cannot be built for img_size {img_size}: {_one_line(text, 200)}; try the model's own size ({info.input_size})"
-    return f"{info.name}: {what} cannot be used ({_one_line(text, 200)})"
+        return f"{info.name} cannot be built for img_size {img_size}: {one_line(text, 200)}; try the model's own size ({info.input_size})"
+    return f"{info.name}: {what} cannot be used ({one_line(text, 200)})"
 
 
 def build_timm_trunk(
@@ -584,7 +579,7 @@ def build_timm_trunk(
         with _partial_loads() as partial:
             trunk = _create(info, img_size, **kwargs)
         if partial and kwargs.get("pretrained"):
-            raise MedcliError(f"{what} loaded only partly into {info.name} ({_one_line(partial[0], 200)}); medcli does not "
+            raise MedcliError(f"{what} loaded only partly into {info.name} ({one_line(partial[0], 200)}); medcli does not "
                               "train from partly random weights: use weights 'none' or weights that fit")
     except MedcliError:
         raise
@@ -592,7 +587,7 @@ def build_timm_trunk(
         text = str(exc)
         if "Error(s) in loading state_dict" in text or "size mismatch" in text or "Missing key" in text:
             raise MedcliError(
-                f"{what} does not fit the {info.name} model ({_one_line(text, 240)}); was it saved from another "
+                f"{what} does not fit the {info.name} model ({one_line(text, 240)}); was it saved from another "
                 f"architecture?"
             ) from None
         if "No pretrained weights exist" in text:
