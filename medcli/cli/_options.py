@@ -15,18 +15,27 @@ Workers = typer.Option(None, "--workers", help="Decoding processes (default: the
 SkipBad = typer.Option(False, "--skip-bad", help="Leave unreadable image files out (and say how many) instead of stopping.")
 
 
-def _schema_help(name: str) -> str:
-    """The help text of a training setting, so an option shared with `medcli train` is described once."""
-    from ..training.config import schema
+def setting_help(name: str) -> str:
+    """The ``--help`` text of training setting ``name``: its schema help, allowed values and default, so every
+    option that sets it (``medcli train``, ``split``, ``data inspect``) is described once."""
+    from ..training.config import default_of, kind_of, schema
 
     s = schema()[name]
-    return f"{s.help} (default: {s.default_text})" if s.default_text else s.help
+    text = s.help
+    if s.choices is not None and kind_of(name) == "str":
+        text += f" One of: {', '.join(map(str, s.choices))}."
+    if s.default_text:
+        default = s.default_text
+    else:
+        value = default_of(name)
+        default = ("on" if value else "off") if isinstance(value, bool) else str(value)
+    return text + (f" ({default})" if default.startswith("required") else f" (default: {default})")
 
 
-Window = typer.Option(None, "--window", help=_schema_help("window"), show_default=False)
-Frame = typer.Option(None, "--frame", help=_schema_help("frame"), show_default=False)
-GroupBy = typer.Option(None, "--group-by", help=_schema_help("group_by"), show_default=False)
-AllowMissingClasses = typer.Option(False, "--allow-missing-classes", help=_schema_help("allow_missing_classes"))
+Window = typer.Option(None, "--window", help=setting_help("window"), show_default=False)
+Frame = typer.Option(None, "--frame", help=setting_help("frame"), show_default=False)
+GroupBy = typer.Option(None, "--group-by", help=setting_help("group_by"), show_default=False)
+AllowMissingClasses = typer.Option(False, "--allow-missing-classes", help=setting_help("allow_missing_classes"))
 
 
 def setup(verbose: bool = False) -> None:

@@ -19,30 +19,15 @@ from ._app import app
 
 # Python parameter names that would shadow a builtin or read badly.
 _PARAM = {"compile": "compile_model"}
-_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
-
-
-def _default_text(name: str, s: schema_lib.Setting) -> str:
-    if s.default_text:
-        return s.default_text
-    value = schema_lib.default_of(name)
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value)
+_PYTHON_TYPES = {"str": str, "int": int, "float": float, "bool": bool}  # schema kind -> option type
 
 
 def _option(name: str, s: schema_lib.Setting) -> tuple[type, typer.models.OptionInfo]:
-    kind, _ = schema_lib._TYPES[name]
+    kind = schema_lib.kind_of(name)
     flag = schema_lib.option_name(name)
     decls = [f"{flag}/--no-{flag[2:]}" if kind == "bool" else flag] + ([s.short] if s.short else [])
-    text = s.help
-    if s.choices is not None and kind == "str":
-        text += f" One of: {', '.join(map(str, s.choices))}."
-    default = _default_text(name, s)
-    text += f" ({default})" if default.startswith("required") else f" (default: {default})"
-    if kind == "dict":  # --alias RAW=CLASS, repeatable
-        return Optional[list[str]], typer.Option(None, *decls, help=text, show_default=False, rich_help_panel=s.group)
-    return Optional[_TYPES[kind]], typer.Option(None, *decls, help=text, show_default=False, rich_help_panel=s.group)
+    option = typer.Option(None, *decls, help=opt.setting_help(name), show_default=False, rich_help_panel=s.group)
+    return (Optional[list[str]] if kind == "dict" else Optional[_PYTHON_TYPES[kind]]), option  # dict: --alias RAW=CLASS, repeatable
 
 
 def settings_from_options(values: dict) -> dict:
@@ -52,7 +37,7 @@ def settings_from_options(values: dict) -> dict:
         value = values.get(_PARAM.get(name, name))
         if value is None:
             continue
-        if schema_lib._TYPES[name][0] == "dict":
+        if schema_lib.kind_of(name) == "dict":
             value = opt.aliases(value)
             if not value:
                 continue

@@ -171,12 +171,13 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+_SCHEMA: dict[str, Setting] = {f.name: f.metadata["setting"] for f in fields(TrainConfig)}
+KEY_FIELDS = frozenset(name for name, s in _SCHEMA.items() if s.in_key)
+
+
 def schema() -> dict[str, Setting]:
     """``{field name: Setting}`` in declaration order."""
-    return {f.name: f.metadata["setting"] for f in fields(TrainConfig)}
-
-
-KEY_FIELDS = frozenset(name for name, s in schema().items() if s.in_key)
+    return dict(_SCHEMA)
 
 
 def default_of(name: str) -> Any:
@@ -187,7 +188,6 @@ def default_of(name: str) -> Any:
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
 # The Python type of each field and whether it may be None, from its annotation ("int | None", "dict[str, str]").
 _TYPES = {name: (f.type.split(" | ")[0].split("[")[0], "None" in f.type) for name, f in _FIELDS.items()}
-_PY = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict}
 
 
 def kind_of(name: str) -> str:
@@ -197,7 +197,7 @@ def kind_of(name: str) -> str:
 
 def option_name(name: str) -> str:
     """The command-line option of a field (``batch_size`` → ``--batch-size``; ``dataset_name`` → ``--name``)."""
-    return schema()[name].option or "--" + name.replace("_", "-")
+    return _SCHEMA[name].option or "--" + name.replace("_", "-")
 
 
 # --- checking values ------------------------------------------------------------------------------------------
@@ -211,7 +211,7 @@ def check_value(name: str, value: Any, where: str = "") -> Any:
     """
     label = where or name
     kind, optional = _TYPES[name]
-    s = schema()[name]
+    s = _SCHEMA[name]
     if value is None:
         if optional:
             return None
