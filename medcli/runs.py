@@ -118,7 +118,7 @@ def open_run(run_dir: str | os.PathLike) -> Run:
     run = Path(run_dir)
     if not Path(paths.config_file(run)).is_file() or not Path(paths.model_file(run)).is_file():
         raise MedcliError(f"{run}: not a run folder (needs config.json and model.pt from `medcli train`); train it with `medcli train --out {run}`")
-    doc = read_json(paths.config_file(run))
+    doc = read_config(run)
     fmt = doc.get("format") if isinstance(doc, dict) else None
     missing = [k for k in ("config", "classes", "preprocess") if not isinstance(doc, dict) or k not in doc]
     if missing or fmt not in (None, RUN_FORMAT):
