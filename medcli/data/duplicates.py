@@ -151,6 +151,19 @@ def _hash256_array(hex_hashes: list[str]) -> np.ndarray:
     return raw.reshape(len(hex_hashes), 4)
 
 
+def candidate_pairs(phashes: list[int], phashes256: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Near-duplicate candidates of a list of images and their fine distances.
+
+    Returns ``(pairs, dists, fine)``: ``pairs`` ``(P, 2)`` index pairs ``i < j`` whose 64-bit hashes are within
+    :data:`CANDIDATE_THRESHOLD` bits (multi-index search, :func:`near_pairs`), ``dists`` ``(P,)`` their distances in
+    bits of the 256-bit hash (what decides), and ``fine`` the ``(N, 4)`` uint64 256-bit hashes.
+    """
+    pairs = near_pairs(np.array(phashes, dtype=np.uint64), CANDIDATE_THRESHOLD)
+    fine = _hash256_array(list(phashes256)) if len(phashes256) else np.zeros((0, 4), np.uint64)
+    dists = hamming256(fine[pairs[:, 0]], fine[pairs[:, 1]]) if len(pairs) else np.zeros(0, np.int64)
+    return pairs, dists, fine
+
+
 def find_duplicates(
     ids: list[str],
     labels: list[str],
@@ -204,13 +217,7 @@ class _NearSearch:
         self.exact_members: dict[int, list[int]] = {}
         for i in range(n):
             self.exact_members.setdefault(self.exact_uf.find(i), []).append(i)  # keyed by the group's first index, its rep
-        rep_hashes = np.array([phashes[i] for i in self.reps], dtype=np.uint64)
-        self.pairs = near_pairs(rep_hashes, CANDIDATE_THRESHOLD)
-        self.fine = _hash256_array([phashes256[i] for i in self.reps]) if self.reps else np.zeros((0, 4), np.uint64)
-        if len(self.pairs):
-            self.dists = hamming256(self.fine[self.pairs[:, 0]], self.fine[self.pairs[:, 1]])
-        else:
-            self.dists = np.zeros(0, np.int64)
+        self.pairs, self.dists, self.fine = candidate_pairs([phashes[i] for i in self.reps], [phashes256[i] for i in self.reps])
 
     def near_groups(self, threshold: int) -> tuple[list[list[int]], int]:
         """Complete-linkage groups (lists of rep positions, size > 1) and the close pairs left between groups."""

@@ -8,10 +8,10 @@ trained or early-stopped any model of the run's splits) and, separately, with it
   as in :mod:`medcli.data.duplicates`);
 * **near**: not exact, but within ``threshold`` bits of the 256-bit perceptual hash of some pool image (resized,
   re-encoded or slightly edited copies). Candidates come from the same multi-index search over 64-bit hashes as
-  ``medcli data inspect`` (:func:`medcli.data.duplicates.near_pairs`, within
-  :data:`~medcli.data.duplicates.CANDIDATE_THRESHOLD` bits); the 256-bit distance
-  (:func:`~medcli.data.duplicates.hamming256`) decides. The threshold is the run's splits file's
-  ``settings.near_duplicate_threshold`` (default 40 of 256), so "near" means what it meant when the folds were made.
+  ``medcli data inspect`` (:func:`medcli.data.duplicates.candidate_pairs`: 64-bit hashes within
+  :data:`~medcli.data.duplicates.CANDIDATE_THRESHOLD` bits); the 256-bit distance decides. The threshold is the
+  run's splits file's ``settings.near_duplicate_threshold`` (default 40 of 256), so "near" means what it meant when
+  the folds were made.
   Only direct pairs count: an external image is never linked to a pool image through a third image.
 
 The check only reports: nothing is dropped, refitted or re-weighted.
@@ -21,9 +21,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-import numpy as np
-
-from ..data.duplicates import CANDIDATE_THRESHOLD, DEFAULT_NEAR_THRESHOLD, _hash256_array, hamming256, near_pairs
+from ..data.duplicates import DEFAULT_NEAR_THRESHOLD, candidate_pairs
 from ..data.scan import ScanRecord
 
 #: Kinds of overlap, in the order they are reported.
@@ -83,13 +81,9 @@ def _near(ext: list[ScanRecord], pool: list[ScanRecord], threshold: int) -> set[
     if not ext or not pool:
         return set()
     records = ext + pool
-    coarse = np.array([r.phash for r in records], dtype=np.uint64)
-    pairs = near_pairs(coarse, CANDIDATE_THRESHOLD)  # i < j, so a cross pair has i external and j in the pool
-    pairs = pairs[(pairs[:, 0] < len(ext)) & (pairs[:, 1] >= len(ext))]
-    if not len(pairs):
-        return set()
-    fine = _hash256_array([r.phash256 for r in records])
-    close = pairs[hamming256(fine[pairs[:, 0]], fine[pairs[:, 1]]) <= threshold]
+    pairs, dists, _ = candidate_pairs([r.phash for r in records], [r.phash256 for r in records])
+    # i < j, so a cross pair has i external and j in the pool
+    close = pairs[(pairs[:, 0] < len(ext)) & (pairs[:, 1] >= len(ext)) & (dists <= threshold)]
     return {ext[i].id for i in close[:, 0].tolist()}
 
 
