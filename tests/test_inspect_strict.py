@@ -14,6 +14,7 @@ from medcli.cli import app
 from medcli.data import inspect_data, load_dataset, scan_dataset
 from medcli.data.contact_sheet import PER_ROW, ROW, sheet_size, write_contact_sheet
 from medcli.data.inspect import build_report, dicom_facts, duplicates_of, strict_problems
+from medcli.data.scan import ScanRecord
 from medcli.data.synth import make_synthetic
 
 runner = CliRunner()
@@ -113,26 +114,19 @@ def test_report_has_the_threshold_table_and_distinct_image_counts(tmp_path):
     assert d["linkage"] == "complete" and report["dicom"] is None
 
 
-@dataclasses.dataclass(frozen=True)
-class _DicomRecord:
-    """A scan record with the DICOM fields D1 adds to ScanRecord (getattr keeps inspect working without them)."""
-
-    id: str
-    modality: str | None = None
-    photometric: str | None = None
-    bits_stored: int | None = None
-    transfer_syntax: str | None = None
-    window: tuple | None = None
-    frames: int | None = None
+def _DicomRecord(id: str, modality=None, photometric=None, bits_stored=None, transfer_syntax=None, window=None, frames=None):
+    """A readable scan record with the given DICOM facts (all None: not a DICOM file)."""
+    return ScanRecord(id, True, modality=modality, photometric=photometric, bits_stored=bits_stored,
+                      transfer_syntax=transfer_syntax, window=window, frames=frames)
 
 
 def test_dicom_facts_count_each_value_only_when_there_are_dicom_files(tmp_path):
     assert dicom_facts([_DicomRecord("a.png"), _DicomRecord("b.png")]) is None
     facts = dicom_facts([
         _DicomRecord("a.png"),
-        _DicomRecord("ct1.dcm", "CT", "MONOCHROME2", 12, "1.2.840.10008.1.2.1", (40.0, 400.0), 1),
+        _DicomRecord("ct1.dcm", "CT", "MONOCHROME2", 12, "1.2.840.10008.1.2.1", "40,400", 1),
         _DicomRecord("ct2.dcm", "CT", "MONOCHROME2", 16, "1.2.840.10008.1.2.1", None, 1),
-        _DicomRecord("mr.dcm", "MR", "MONOCHROME1", 12, "1.2.840.10008.1.2.4.70", (600, 1200), 1),
+        _DicomRecord("mr.dcm", "MR", "MONOCHROME1", 12, "1.2.840.10008.1.2.4.70", "600,1200", 1),
     ])
     assert facts == {
         "n_images": 3,

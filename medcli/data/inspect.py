@@ -100,27 +100,17 @@ def build_report(dataset: Dataset, records: dict[str, ScanRecord], dups: Duplica
 
 def dicom_facts(records: list[ScanRecord]) -> dict | None:
     """Per DICOM field (:data:`DICOM_FIELDS`), ``{value: number of images}`` over the records that have any of
-    them (``n_images``); ``None`` when none has (no DICOM file). A missing value counts as ``"none"``; a window
-    ``(center, width)`` reads ``"center,width"``."""
+    them (``n_images``); ``None`` when none has (no DICOM file). A missing value counts as ``"none"``; the window is
+    the scan record's text (``"c,w"``, ``"file VOI LUT"``, ``"full range"``)."""
     # ``frames`` is recorded for every format; the DICOM-only fields say whether a record is a DICOM file
-    dicom = [r for r in records if any(getattr(r, name, None) is not None for name in DICOM_FIELDS if name != "frames")]
+    dicom = [r for r in records if any(getattr(r, name) is not None for name in DICOM_FIELDS if name != "frames")]
     if not dicom:
         return None
     out: dict = {"n_images": len(dicom)}
     for name in DICOM_FIELDS:
-        values = Counter(_fact(getattr(r, name, None)) for r in dicom)
+        values = Counter("none" if getattr(r, name) is None else str(getattr(r, name)) for r in dicom)
         out[name] = dict(sorted(values.items(), key=lambda kv: (-kv[1], kv[0])))
     return out
-
-
-def _fact(value) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, (list, tuple)):
-        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
 
 
 def strict_problems(report: dict) -> list[str]:
