@@ -12,7 +12,7 @@ from medcli.training.features import trunk_fingerprint
 from medcli.training.resume import CHECKPOINT_FORMAT, head_part, load_checkpoint, resume_state, save_checkpoint
 
 KEYS = {"format", "key", "epoch", "model", "trunk_sha256", "optimizer", "scheduler", "best_state", "best_score",
-        "best_epoch", "bad_epochs", "history"}
+        "best_epoch", "bad_epochs", "history", "ema"}
 
 
 def _setup(seed: int = 0):
@@ -37,14 +37,16 @@ def test_full_checkpoint_round_trip(tmp_path):
     model, optimizer, scheduler, stopper = _setup()
     path = str(tmp_path / "checkpoint.pt")
     history = [{"epoch": 1, "val_loss": 0.5}, {"epoch": 2, "val_loss": 0.6}]
-    save_checkpoint(path, _cfg(), 2, model, optimizer, scheduler, stopper, history)
+    average = {k: v + 1 for k, v in model.state_dict().items()}  # the weight average's tensors
+    save_checkpoint(path, _cfg(), 2, model, optimizer, scheduler, stopper, history, average=average)
     raw = torch.load(path, weights_only=True)
-    assert set(raw) == KEYS and raw["format"] == CHECKPOINT_FORMAT == "medcli.checkpoint/2"
+    assert set(raw) == KEYS and raw["format"] == CHECKPOINT_FORMAT == "medcli.checkpoint/3"
     state = resume_state(path, _cfg(), model)
     assert state["epoch"] == 2 and state["history"] == history and state["trunk_sha256"] is None
     assert (state["best_score"], state["best_epoch"], state["bad_epochs"]) == (0.75, 0, 1)
     assert all(torch.equal(state["model"][k], v) for k, v in model.state_dict().items())
     assert state["scheduler"]["last_epoch"] == 1 and state["optimizer"]["state"]
+    assert all(torch.equal(state["ema"][k], v) for k, v in average.items())
 
 
 def test_other_settings_a_damaged_file_or_no_file_start_over(tmp_path):
@@ -77,15 +79,14 @@ def test_head_only_checkpoint_holds_the_head_and_is_completed_with_the_rebuilt_t
     assert head_part(None) is None
 
 
-def test_a_checkpoint_written_by_the_previous_code_still_resumes(tmp_path):
-    """The payload as training/loop.py wrote it before resume state had its own module (same format, same keys)."""
+def test_a_checkpoint_of_the_format_before_weight_averaging_starts_over(tmp_path, caplog):
+    """Format 2 had no weight average: resuming it under averaging would restart the average from the current
+    weights and silently change the result, so it is not resumed (even under a matching key)."""
     model, optimizer, scheduler, stopper = _setup()
     path = str(tmp_path / "old.pt")
     torch.save({"format": "medcli.checkpoint/2", "key": _cfg().key(), "epoch": 3, "model": model.state_dict(), "trunk_sha256": None,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "best_state": stopper.best_state,
                 "best_score": 0.75, "best_epoch": 0, "bad_epochs": 1, "history": []}, path)
-    state = resume_state(path, _cfg(), model)
-    assert state is not None and state["epoch"] == 3
-    resumed = EarlyStopping("max", patience=3)
-    resumed.load_state_dict(state)
-    assert (resumed.best_score, resumed.best_epoch, resumed.bad_epochs) == (0.75, 0, 1)
+    with caplog.at_level("INFO", logger="medcli"):
+        assert resume_state(path, _cfg(), model) is None
+    assert "starting over" in caplog.text

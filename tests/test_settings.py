@@ -52,11 +52,13 @@ def test_every_setting_has_a_command_line_option():
     ({"lr": "fast"}, "lr 'fast': expected a number, got str"),
     ({"epochs": 2.5}, "epochs 2.5: expected a whole number, got float"),
     ({"augment": "yes"}, "augment 'yes': expected true or false"),
-    ({"monitor": "auc"}, "monitor 'auc': choose one of balanced_accuracy, accuracy, macro_f1, loss"),
+    ({"monitor": "auroc"}, "monitor 'auroc': choose one of auc, balanced_accuracy, accuracy, macro_f1, loss"),
     ({"channels": 2}, "channels 2: choose one of 1, 3"),
     ({"batch_size": 0}, "batch_size 0: must be at least 1"),
     ({"label_smoothing": 1.0}, "label_smoothing 1.0: must be less than 1"),
-    ({"epochs": None}, "epochs: null is not allowed"),
+    ({"batch_size": None}, "batch_size: null is not allowed"),
+    ({"ema_epochs": -1}, "ema_epochs -1.0: must be at least 0"),
+    ({"recipe": "fast"}, "recipe: unknown recipe 'fast': choose one of default, medmnist-v2, quick"),
 ])
 def test_bad_settings_are_one_line_errors_naming_key_value_and_what_is_allowed(values, message):
     with pytest.raises(MedcliError) as err:
@@ -105,8 +107,8 @@ def test_options_alone_are_handed_over_with_schema_types(monkeypatch):
 def test_bad_option_or_file_value_exits_1_with_one_line(tmp_path, monkeypatch):
     seen = _captured_train(monkeypatch)
     bad = tmp_path / "bad.yaml"
-    bad.write_text("monitor: auc\n")
-    for args in (["train", "--config", str(bad), "--data", "d"], ["train", "--data", "d", "--optimizer", "adam"],
+    bad.write_text("monitor: auroc\n")
+    for args in (["train", "--config", str(bad), "--data", "d"], ["train", "--data", "d", "--optimizer", "lion"],
                  ["train", "--config", str(tmp_path / "missing.yaml")]):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 1 and not seen

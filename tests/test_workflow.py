@@ -94,9 +94,9 @@ def test_train_settings_merge_defaults_and_overrides():
 
 def test_train_settings_name_the_config_key_of_a_bad_value():
     config = _demo()
-    config["strategies"]["linear"] = {"monitor": "auc"}
+    config["strategies"]["linear"] = {"monitor": "auroc"}
     cell = wf.Cell("demo", "resnet18", "linear", 0, 1, "pretrained")
-    with pytest.raises(MedcliError, match=r"config key strategies\.linear\.monitor 'auc': choose one of"):
+    with pytest.raises(MedcliError, match=r"config key strategies\.linear\.monitor 'auroc': choose one of"):
         wf.train_settings(config, cell)
 
 

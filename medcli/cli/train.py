@@ -60,6 +60,32 @@ def train_cli(config: Optional[Path] = None, **values) -> None:
         typer.echo(f"best epoch {summary['best_epoch']} ({summary['monitor']} {summary['best_score']:.4f}); run folder: {summary['out']}")
 
 
+@app.command("recipes")
+def recipes_cli() -> None:
+    """List the training recipes (--recipe NAME): what each sets and where it comes from (docs/recipes.md)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..training.recipes import get_recipe, list_recipes
+
+    table = Table(title="recipes (medcli train --recipe NAME; options given explicitly override a recipe)", title_justify="left")
+    for col in ("name", "what", "settings", "source"):
+        table.add_column(col)
+    for name in list_recipes():
+        r = get_recipe(name)
+        settings = ", ".join(_shown(k, v) for k, v in r.settings.items()) or "the defaults"
+        table.add_row(name, r.description, settings, r.source or "-")
+    Console().print(table)
+
+
+def _shown(name: str, value) -> str:
+    """A setting as the option that gives it: ``--epochs 100``, ``--no-augment``."""
+    flag = schema_lib.option_name(name)
+    if isinstance(value, bool):
+        return flag if value else "--no-" + flag[2:]
+    return f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
+
+
 def _signature() -> inspect.Signature:
     params = [inspect.Parameter(
         "config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],

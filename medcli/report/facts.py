@@ -134,6 +134,8 @@ def provenance(runs: list[Run], experiment: dict | None, generated: datetime) ->
         "pretraining": experiment.get("pretraining"),
         "n_runs": len(runs),
         "backbones": _backbones(runs),
+        # runs before recipes existed were trained with that version's defaults: "none"
+        "recipes": _counts((r.doc.get("config") or {}).get("recipe") or "none (medcli before recipes)" for r in runs),
         "runs_per_dataset": _counts(r.key.dataset for r in runs),
         "git_revisions": _counts(r.doc.get("git_revision") or "unknown" for r in runs),
         "packages": {name: dict(sorted(c.items())) for name, c in packages.items()},

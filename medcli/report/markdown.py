@@ -429,6 +429,8 @@ def _provenance(p: dict, summary: dict) -> list[str]:
              + ".",
              f"- Runs: {p['n_runs']} (" + ", ".join(f"{k}: {n}" for k, n in p["runs_per_dataset"].items()) + ").",
              f"- medcli source revision(s) of the runs: {_counted({f'`{k}`': n for k, n in p['git_revisions'].items()})}.",
+             f"- Training recipe (docs/recipes.md; options given explicitly override it, see each run's `config.json` "
+             f"`resolved`): {_counted({f'`{k}`': n for k, n in (p.get('recipes') or {}).items()})}.",
              "- Packages: " + "; ".join(f"{name} {_counted(v)}" for name, v in p["packages"].items()) + ".",
              f"- Hardware: CPU {_counted(p['cpus'])}; GPU {_counted(p['gpus'])}; device {_counted(p['devices'])}; "
              f"precision {_counted(p['precision'])}; processes per run {_counted(p['processes'])}.",

@@ -38,8 +38,8 @@ CV_COLUMNS = ("balanced_accuracy", "macro_f1", "roc_auc", "ece")
 LOWER_IS_BETTER = frozenset(m.name for m in list_metrics() if m.lower_is_better)
 PRIMARY_CHOICES = tuple(m.name for m in list_metrics() if m.primary)
 #: Training settings that should agree between the configurations of one comparison.
-PROTOCOL_KEYS = ("epochs", "img_size", "channels", "resize", "batch_size", "optimizer", "weight_decay", "monitor",
-                 "patience", "augment", "class_weights", "label_smoothing", "head", "precision")
+PROTOCOL_KEYS = ("recipe", "epochs", "img_size", "channels", "resize", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
+                 "monitor", "patience", "ema_epochs", "augment", "class_weights", "label_smoothing", "head", "precision")
 _BLOCK_ELEMENTS = 1 << 21  # bootstrap indices held in memory at once
 
 

@@ -31,8 +31,10 @@ from typing import Any
 from ..errors import MedcliError
 from ..paths import DEFAULT_RESULTS, DEFAULT_WORK
 
-OPTIMIZERS = ("adamw", "sgd")
-MONITORS = {"balanced_accuracy": "max", "accuracy": "max", "macro_f1": "max", "loss": "min"}
+OPTIMIZERS = ("adamw", "adam", "sgd")
+# Validation metric -> direction. auc: ROC AUC, macro one-vs-rest over the classes present (the MedMNIST evaluator's).
+MONITORS = {"auc": "max", "balanced_accuracy": "max", "accuracy": "max", "macro_f1": "max", "loss": "min"}
+SCHEDULES = ("cosine", "step", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LAYOUTS = ("auto", "imagefolder", "presplit", "csv", "npz")
 RESIZE_MODES = ("squash", "pad", "crop")
@@ -75,6 +77,9 @@ def setting(default: Any, help: str, group: str, **kw) -> Any:
 
 @dataclass
 class TrainConfig:
+    recipe: str = setting("default", "A named group of settings (see `medcli recipes` and docs/recipes.md): default (the defaults "
+                          "study's result), medmnist-v2 (the MedMNIST v2 paper's protocol) or quick (a smoke run). Options given "
+                          "explicitly override it.", RUN)
     # data
     data: str = setting("", "Dataset folder, .csv manifest or .npz file.", DATA, workflow="grid",
                         default_text="required, on the command line or in --config")
@@ -121,20 +126,29 @@ class TrainConfig:
                                         "stage's × this factor (BEiT/timm fine-tuning; e.g. 0.75).", MODEL,
                                         exclusive_minimum=0, maximum=1, default_text="off")
     # optimisation
-    epochs: int = setting(30, "Maximum number of epochs.", OPTIMISATION, minimum=1, short="-e")
+    epochs: int | None = setting(None, "Maximum number of epochs.", OPTIMISATION, minimum=1, short="-e",
+                                 default_text="enough for about 2,000 optimizer steps at the fold's size, at least 30 and at most 100")
     batch_size: int = setting(32, "Global batch size (split over processes).", OPTIMISATION, minimum=1)
-    optimizer: str = setting("adamw", "Optimizer.", OPTIMISATION, choices=OPTIMIZERS)
+    optimizer: str = setting("adamw", "Optimizer: adamw (decoupled weight decay), adam (L2 weight decay, as the MedMNIST v2 "
+                             "protocol) or sgd (Nesterov).", OPTIMISATION, choices=OPTIMIZERS)
     lr: float = setting(1e-3, "Peak learning rate.", OPTIMISATION, exclusive_minimum=0)
     weight_decay: float = setting(1e-4, "Weight decay.", OPTIMISATION, minimum=0)
     momentum: float = setting(0.9, "Momentum of sgd.", OPTIMISATION, minimum=0, exclusive_maximum=1)
     warmup_epochs: float = setting(1.0, "Linear warm-up at the start of each strategy phase, in epochs.", OPTIMISATION, minimum=0)
+    schedule: str = setting("cosine", "Learning-rate schedule after the warm-up of each phase: cosine decay to min_lr_ratio, step "
+                            "(x0.1 at 50% and 75% of the phase, as the MedMNIST v2 and ResNet protocols) or constant.", OPTIMISATION,
+                            choices=SCHEDULES)
     min_lr_ratio: float = setting(0.01, "Final learning rate of the cosine schedule, as a fraction of the peak.", OPTIMISATION,
                                   minimum=0, maximum=1)
     class_weights: bool = setting(True, "Class-weighted cross-entropy (weights from the training fold).", OPTIMISATION)
     label_smoothing: float = setting(0.0, "Label smoothing of the cross-entropy.", OPTIMISATION, minimum=0, exclusive_maximum=1)
-    monitor: str = setting("balanced_accuracy", "Early-stopping (and best-epoch) metric on the validation fold.", OPTIMISATION,
-                           choices=tuple(MONITORS))
-    patience: int = setting(10, "Epochs without improvement before stopping.", OPTIMISATION, minimum=1)
+    monitor: str = setting("auc", "Early-stopping (and best-epoch) metric on the validation fold; auc is the ROC AUC, macro "
+                           "one-vs-rest for more than two classes.", OPTIMISATION, choices=tuple(MONITORS))
+    patience: int | None = setting(None, "Epochs without improvement before stopping.", OPTIMISATION, minimum=1,
+                                   default_text="a quarter of the epochs, at least 10")
+    ema_epochs: float = setting(2.0, "Exponential moving average of the weights (timm's ModelEmaV3, with its warm-up), over about "
+                                "this many epochs of optimizer steps; the averaged weights are validated, selected and saved "
+                                "(0: off).", OPTIMISATION, minimum=0)
     # augmentation (None: off for strategy linear, whose frozen features are then computed once; on otherwise)
     augment: bool | None = setting(None, "Random flips, rotations, zooms and shifts.", AUGMENTATION,
                                    default_text="on; off for strategy linear, which then trains its head on frozen-trunk features computed once")
@@ -235,7 +249,16 @@ def _check_window(value: str, label: str) -> None:
         raise MedcliError(f"{label} {value!r}: {str(exc).split(': ', 1)[-1]}") from None
 
 
-_VALIDATORS = {"window": _check_window}
+def _check_recipe(value: str, label: str) -> None:
+    from .recipes import get_recipe
+
+    try:
+        get_recipe(value)
+    except MedcliError as exc:
+        raise MedcliError(f"{label}: {exc}") from None
+
+
+_VALIDATORS = {"window": _check_window, "recipe": _check_recipe}
 
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -288,13 +311,18 @@ def check_keys(values: dict, where: str = "") -> None:
 
 
 def from_dict(values: dict, where: str = "") -> TrainConfig:
-    """A :class:`TrainConfig` from ``{setting: value}`` (any subset), every value checked against the schema.
+    """A :class:`TrainConfig` from ``{setting: value}`` (any subset), every value checked against the schema, on
+    top of the recipe it names (``recipe``, default ``default``; :func:`medcli.training.recipes.apply_recipe`):
+    the values given win over the recipe's, which win over the schema defaults.
 
     ``where`` (e.g. ``"cell.yaml: "``) prefixes each error. Raises :class:`MedcliError` for unknown keys, wrong
-    types, values outside the allowed set and out-of-range numbers.
+    types, values outside the allowed set, out-of-range numbers and an unknown recipe.
     """
+    from .recipes import apply_recipe
+
     check_keys(values, where)
-    return TrainConfig(**{k: check_value(k, v, f"{where}{k}") for k, v in values.items()})
+    checked = {k: check_value(k, v, f"{where}{k}") for k, v in values.items()}
+    return TrainConfig(**apply_recipe(checked))
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
@@ -360,6 +388,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if not cfg.data:
         raise MedcliError("no dataset given: pass --data PATH")
     cfg = validate(cfg)
+    _check_recipe_applied(cfg)
     info = get_backbone(cfg.backbone)
     get_head(cfg.head)
     get_strategy(cfg.strategy)
@@ -385,6 +414,52 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     out = cfg.out or paths.run_dir(cfg.results, name, cfg.backbone, cfg.strategy, cfg.seed, cfg.fold)
     augment = default_augment(cfg.strategy) if cfg.augment is None else bool(cfg.augment)
     return replace(cfg, dataset_name=name, weights=weights, img_size=img_size, out=str(out), augment=augment)
+
+
+def _check_recipe_applied(cfg: TrainConfig) -> None:
+    """Refuse a ``TrainConfig(recipe=NAME)`` built directly in Python, where nothing applied the recipe: not one
+    of the settings the recipe changes holds the recipe's value. (:func:`from_dict` applies it.)"""
+    from .recipes import get_recipe
+
+    changes = {k: v for k, v in get_recipe(cfg.recipe).settings.items() if v != default_of(k)}
+    if changes and not any(getattr(cfg, k) == v for k, v in changes.items()):
+        raise MedcliError(f"recipe {cfg.recipe!r} was named but not applied: build the settings with "
+                          f"medcli.training.config.from_dict({{'recipe': {cfg.recipe!r}, ...}})")
+
+
+# Budget defaults, from the defaults study (docs/recipes.md).
+STEP_BUDGET = 2000  # optimizer steps the default number of epochs aims at
+MIN_EPOCHS, MAX_EPOCHS = 30, 100
+MIN_PATIENCE, PATIENCE_FRACTION = 10, 0.25
+
+
+def resolve_budget(cfg: TrainConfig, n_train: int) -> tuple[TrainConfig, dict]:
+    """``cfg`` with ``epochs`` and ``patience`` filled in when not given, and ``{setting: {"value", "reason"}}``
+    for each value that was derived here or set by the recipe (what ``config.json`` records as ``resolved``).
+
+    * ``epochs``: enough epochs for about :data:`STEP_BUDGET` optimizer steps at ``n_train`` training images
+      (``n_train // batch_size`` steps per epoch), clipped to [:data:`MIN_EPOCHS`, :data:`MAX_EPOCHS`]: a small
+      dataset gets more passes, a large one no fewer than before the study. :func:`medcli.training.train` passes
+      the mean training-part size over the folds of the splits, so every fold of a configuration gets the same
+      number of epochs.
+    * ``patience``: :data:`PATIENCE_FRACTION` of the epochs, at least :data:`MIN_PATIENCE`.
+    """
+    from .recipes import recipe_reasons
+
+    reasons = {k: {"value": getattr(cfg, k), "reason": why} for k, why in recipe_reasons(cfg.to_dict()).items()}
+    changes = {}
+    if cfg.epochs is None:
+        steps = max(1, n_train // max(1, min(cfg.batch_size, n_train)))
+        epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(STEP_BUDGET / steps)))
+        changes["epochs"] = epochs
+        reasons["epochs"] = {"value": epochs, "reason": f"{n_train} training images per fold at batch {cfg.batch_size}: {steps} steps "
+                             f"per epoch; about {STEP_BUDGET} steps, {MIN_EPOCHS}..{MAX_EPOCHS} epochs"}
+    epochs = changes.get("epochs", cfg.epochs)
+    if cfg.patience is None:
+        patience = max(MIN_PATIENCE, math.ceil(PATIENCE_FRACTION * epochs))
+        changes["patience"] = patience
+        reasons["patience"] = {"value": patience, "reason": f"{PATIENCE_FRACTION:g} of {epochs} epochs, at least {MIN_PATIENCE}"}
+    return (replace(cfg, **changes) if changes else cfg), reasons
 
 
 def _with_split_settings(cfg: TrainConfig, splits_file: str) -> TrainConfig:

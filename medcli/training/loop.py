@@ -35,7 +35,7 @@ from ..errors import MedcliError
 from ..inference import infer
 from ..preprocess import AugmentSettings, to_model_input
 from .batches import ImageSet, index_loader, normalization
-from .config import MONITORS, TrainConfig, resolve, work_dir
+from .config import MONITORS, TrainConfig, resolve, resolve_budget, work_dir
 from .early_stopping import EarlyStopping
 from .resume import resume_state, save_checkpoint
 
@@ -59,6 +59,7 @@ class Fold:
     interpolation: str
     store: ImageStore  # every labelled image of the dataset, decoded
     pool_ids: list[str]  # train + val of every fold: the images a feature cache covers
+    train_sizes: list[int]  # the training part's size in every fold of the splits (the default budget uses their mean)
 
 
 def make_accelerator(cfg: TrainConfig):
@@ -126,6 +127,7 @@ def load_fold(cfg: TrainConfig, accelerator) -> Fold:
         interpolation=info.interpolation,
         store=store,
         pool_ids=sorted({i for f in doc["folds"] for i in (*f["train"], *f["val"])}),
+        train_sizes=[len(f["train"]) for f in doc["folds"]],
     )
 
 
@@ -138,10 +140,25 @@ def class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
 
 def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):
     """LR multiplier: linear warm-up from 1% to 100%, then cosine decay to ``min_ratio``."""
+    return lr_schedule("cosine", total_steps, warmup_steps, min_ratio)
+
+
+STEP_MILESTONES, STEP_GAMMA = (0.5, 0.75), 0.1  # MedMNIST v2 (MultiStepLR at 50 and 75 of 100 epochs), ResNet (He et al.)
+
+
+def lr_schedule(kind: str, total_steps: int, warmup_steps: int, min_ratio: float):
+    """LR multiplier of optimizer step ``step`` (0-based) of a phase of ``total_steps``: a linear warm-up from 1%
+    to 100% over ``warmup_steps``, then ``cosine`` decay to ``min_ratio`` at the end, ``step`` decay (x0.1 once
+    50% and again once 75% of the phase's steps are done, as ``MultiStepLR(milestones=[0.5 E, 0.75 E])`` of the
+    MedMNIST v2 protocol), or ``constant``."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return 0.01 + 0.99 * step / max(1, warmup_steps)
+        if kind == "constant":
+            return 1.0
+        if kind == "step":
+            return STEP_GAMMA ** sum(step >= round(m * total_steps) for m in STEP_MILESTONES)
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
@@ -149,7 +166,8 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):
 
 
 def build_optimizer(cfg: TrainConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
-    """AdamW or SGD, fused (one kernel over all parameters) wherever torch has a fused kernel for the device.
+    """AdamW, Adam (L2 weight decay) or SGD (Nesterov), fused (one kernel over all parameters) wherever torch has a
+    fused kernel for the device.
 
     On a CPU the default AdamW loops over parameters one by one: for a ResNet-18 its step takes ~6x as long as
     the fused one (torch >= 2.4 has fused CPU kernels; older versions simply keep the default).
@@ -158,6 +176,8 @@ def build_optimizer(cfg: TrainConfig, param_groups: list[dict]) -> torch.optim.O
     fused = {"fused": True} if _fused_supported(groups) else {}
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True, **fused)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
 
 
@@ -180,8 +200,10 @@ def image_inputs(images: ImageSet, norm, device, *, augment: AugmentSettings | N
     return inputs
 
 
-def train_one_epoch(model, loader, inputs, labels: torch.Tensor, optimizer, scheduler, loss_fn, accelerator, epoch: int, cfg: TrainConfig, bar=None) -> dict:
-    """One pass over ``loader`` (positions); ``inputs(positions, generator)`` gives the batch ``model`` reads."""
+def train_one_epoch(model, loader, inputs, labels: torch.Tensor, optimizer, scheduler, loss_fn, accelerator, epoch: int, cfg: TrainConfig, bar=None,
+                    average=None) -> dict:
+    """One pass over ``loader`` (positions); ``inputs(positions, generator)`` gives the batch ``model`` reads;
+    ``average`` (a :class:`~medcli.training.averaging.WeightAverage`) folds in the weights after each step."""
     device = accelerator.device
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + accelerator.process_index)
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
@@ -199,6 +221,8 @@ def train_one_epoch(model, loader, inputs, labels: torch.Tensor, optimizer, sche
         accelerator.backward(loss)
         optimizer.step()
         scheduler.step()
+        if average is not None:
+            average.update(epoch * len(loader) + step + 1)
         total_loss += loss.detach().double() * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
@@ -216,12 +240,22 @@ def predict(model, loader, inputs, accelerator) -> np.ndarray:
 
 
 def val_metrics(logits: np.ndarray, y: np.ndarray) -> dict:
+    """Validation loss (unweighted cross-entropy), accuracy, balanced accuracy, macro F1 and ROC AUC (binary: of the
+    positive class; multiclass: macro one-vs-rest over the classes present, the MedMNIST evaluator's AUC; NaN
+    when undefined)."""
     from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    from ..evaluation.bootstrap import roc_auc_ovr
 
     logp = torch.log_softmax(torch.from_numpy(logits).double(), 1).numpy()
     pred = logits.argmax(1)
+    try:
+        auc = roc_auc_ovr(y, np.exp(logp))
+    except ValueError:  # fewer than two classes in the validation part
+        auc = float("nan")
     return {
         "val_loss": float(-logp[np.arange(len(y)), y].mean()),
+        "val_auc": float(auc),
         "val_accuracy": float((pred == y).mean()),
         "val_balanced_accuracy": float(balanced_accuracy_score(y, pred)),
         "val_macro_f1": float(f1_score(y, pred, average="macro", labels=np.unique(y), zero_division=0)),
@@ -243,6 +277,7 @@ class Run:
     loss_fn: nn.Module
     checkpoint: str  # the resume checkpoint's path
     frozen_trunk: str | None  # the trunk's hash when the plan never trains it, else None
+    average: object | None = None  # averaging.WeightAverage of the weights (--ema-epochs), or None
 
 
 @dataclass
@@ -290,6 +325,8 @@ def train(cfg: TrainConfig) -> dict:
     accelerator, precision = make_accelerator(cfg)
     _configure_process(cfg, accelerator)
     fold = load_fold(cfg, accelerator)
+    cfg, resolved = resolve_budget(cfg, round(sum(fold.train_sizes) / len(fold.train_sizes)))  # one budget for every fold
+    _check_monitor(cfg, fold)
     model, plan = build_model(cfg, len(fold.classes))
     mean, std = normalization(cfg.weights != "none", model.info.mean, model.info.std, cfg.channels, fold.train)
     weights = class_weights(fold.train.labels, len(fold.classes)) if cfg.class_weights else None
@@ -306,14 +343,14 @@ def train(cfg: TrainConfig) -> dict:
     val_logits = _best_predictions(run, feed, stopper)
     seconds = time.perf_counter() - t_start + sum(r["seconds"] for r in history[:start])  # with the epochs before a resume
     summary = _summary(cfg, accelerator, precision, fold, stopper, history, stopped_early, seconds, mean, std, weights, feed,
-                       plan.param_groups_summary(model))
-    _write_run_folder(run, fold, history, val_logits, summary)
+                       plan.param_groups_summary(model), run.average)
+    _write_run_folder(run, fold, history, val_logits, summary, resolved)
     log.info("best epoch %d (%s %.4f); outputs in %s", stopper.best_epoch + 1, cfg.monitor, stopper.best_score, cfg.out)
     return summary
 
 
 def _summary(cfg: TrainConfig, accelerator, precision: str, fold: Fold, stopper: EarlyStopping, history: list[dict], stopped_early: bool,
-             seconds: float, mean, std, weights, feed: Feed, param_groups: list[dict]) -> dict:
+             seconds: float, mean, std, weights, feed: Feed, param_groups: list[dict], average=None) -> dict:
     """The run's summary (returned by :func:`train`, stored in ``config.json``)."""
     return {
         "best_epoch": stopper.best_epoch + 1,
@@ -333,9 +370,17 @@ def _summary(cfg: TrainConfig, accelerator, precision: str, fold: Fold, stopper:
         "n_val": len(fold.val),
         "feature_cache": feed.cache_info,
         "param_groups": param_groups,
+        "weight_average": None if average is None else {"method": "ema", "epochs": cfg.ema_epochs, "decay": average.decay,
+                                                        "head_only": average.head_only},
         "out": cfg.out,
         "main_process": accelerator.is_main_process,
     }
+
+
+def _check_monitor(cfg: TrainConfig, fold: Fold) -> None:
+    if cfg.monitor == "auc" and len(np.unique(fold.val.labels.numpy())) < 2:
+        raise MedcliError(f"--monitor auc: fold {cfg.fold}'s validation part has a single class, so its ROC AUC is undefined; "
+                          "choose --monitor loss (or make splits whose validation parts hold every class)")
 
 
 def _configure_process(cfg: TrainConfig, accelerator) -> None:
@@ -388,10 +433,17 @@ def _prepare_run(cfg: TrainConfig, accelerator, fold: Fold, model, plan, weights
     train_loader, val_loader = make_loaders(cfg, fold, accelerator)
     # A plan that never trains the trunk keeps it exactly as loaded from the weights: checkpoints then hold the head
     # alone and the trunk's hash, which a resumed run checks against the trunk it has just rebuilt.
-    frozen_trunk = trunk_fingerprint(model.trunk) if trains_head_only(model, plan) else None
+    head_only = trains_head_only(model, plan)
+    frozen_trunk = trunk_fingerprint(model.trunk) if head_only else None
+    average = None
+    if cfg.ema_epochs > 0:
+        from .averaging import WeightAverage, ema_decay
+
+        model.to(accelerator.device)  # the average is a copy of the model, made where the model trains
+        average = WeightAverage(model, ema_decay(cfg.ema_epochs, len(train_loader)), head_only=head_only)
     return Run(cfg=cfg, accelerator=accelerator, model=model, plan=plan, train_loader=train_loader, val_loader=val_loader,
                train_labels=fold.train.labels, val_labels=fold.val.labels.numpy(), loss_fn=loss_fn,
-               checkpoint=paths.checkpoint_file(work_dir(cfg)), frozen_trunk=frozen_trunk)
+               checkpoint=paths.checkpoint_file(work_dir(cfg)), frozen_trunk=frozen_trunk, average=average)
 
 
 def _resume(run: Run, stopper: EarlyStopping) -> dict | None:
@@ -400,6 +452,8 @@ def _resume(run: Run, stopper: EarlyStopping) -> dict | None:
     if state:
         stopper.load_state_dict(state)
         run.model.load_state_dict(state["model"])
+        if run.average is not None:
+            run.average.load_state_dict(state["ema"])
         log.info("resuming from %s after epoch %d", run.checkpoint, state["epoch"])
     return state
 
@@ -451,7 +505,8 @@ def _fit(run: Run, feed: Feed, stopper: EarlyStopping, history: list[dict], star
         due = time.perf_counter() - last_checkpoint >= cfg.checkpoint_every  # saving a big model every short epoch costs more than a kill
         if accelerator.is_main_process and due and not stop and epoch + 1 < cfg.epochs:
             last_checkpoint = time.perf_counter()
-            save_checkpoint(run.checkpoint, cfg, epoch + 1, run.model, optimizer, scheduler, stopper, history, frozen_trunk=run.frozen_trunk)
+            save_checkpoint(run.checkpoint, cfg, epoch + 1, run.model, optimizer, scheduler, stopper, history, frozen_trunk=run.frozen_trunk,
+                            average=None if run.average is None else run.average.state_dict())
         accelerator.wait_for_everyone()
         if stop:
             return True
@@ -469,7 +524,7 @@ def _start_phase(run: Run, net: nn.Module, epoch: int):
         prepared = torch.compile(prepared)
     optimizer = accelerator.prepare_optimizer(build_optimizer(cfg, phase.param_groups))
     steps_per_epoch = len(run.train_loader)
-    factor = warmup_cosine(steps_per_epoch * (phase.stop - phase.start), int(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr_ratio)
+    factor = lr_schedule(cfg.schedule, steps_per_epoch * (phase.stop - phase.start), int(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr_ratio)
     return prepared, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -484,10 +539,12 @@ def _one_epoch(run: Run, feed: Feed, prepared, optimizer, scheduler, stopper: Ea
     t0 = time.perf_counter()
     set_train_mode(run.model, phase)
     with _epoch_bar(cfg, accelerator, epoch, len(run.train_loader)) as bar:
-        stats = train_one_epoch(prepared, run.train_loader, feed.train, run.train_labels, optimizer, scheduler, run.loss_fn, accelerator, epoch, cfg, bar)
-    stats.update(val_metrics(predict(prepared, run.val_loader, feed.val, accelerator), run.val_labels))
-    score = stats["val_loss"] if cfg.monitor == "loss" else stats[f"val_{cfg.monitor}"]
-    improved = stopper.update(score, epoch, run.model)
+        stats = train_one_epoch(prepared, run.train_loader, feed.train, run.train_labels, optimizer, scheduler, run.loss_fn, accelerator, epoch, cfg, bar,
+                                run.average)
+    validated = prepared if run.average is None else run.average.counterpart(feed.net)  # the weights that are selected and saved
+    stats.update(val_metrics(predict(validated, run.val_loader, feed.val, accelerator), run.val_labels))
+    score = stats[f"val_{cfg.monitor}"]
+    improved = stopper.update(score, epoch, run.model if run.average is None else run.average.averaged())
     row = {"epoch": epoch + 1, "phase": phase.name, **stats, "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - t0}
     return row, improved
 
@@ -500,12 +557,12 @@ def _best_predictions(run: Run, feed: Feed, stopper: EarlyStopping) -> np.ndarra
     return predict(run.accelerator.prepare_model(feed.net), run.val_loader, feed.val, run.accelerator)
 
 
-def _write_run_folder(run: Run, fold: Fold, history: list[dict], val_logits: np.ndarray, summary: dict) -> None:
+def _write_run_folder(run: Run, fold: Fold, history: list[dict], val_logits: np.ndarray, summary: dict, resolved: dict) -> None:
     """The main process writes the run folder, then deletes the resume checkpoint."""
     from .outputs import write_outputs
 
     if run.accelerator.is_main_process:
-        write_outputs(run.cfg, fold, run.model, history, val_logits, summary)
+        write_outputs(run.cfg, fold, run.model, history, val_logits, summary, resolved)
         if os.path.exists(run.checkpoint):
             os.remove(run.checkpoint)
     run.accelerator.wait_for_everyone()
@@ -541,9 +598,10 @@ class _RichBar:
 
 def _log_epoch(row: dict, cfg: TrainConfig, improved: bool) -> None:
     log.info(
-        "epoch %d/%d [%s] train loss %.4f acc %.3f | val loss %.4f acc %.3f bal-acc %.3f f1 %.3f%s | lr %.2e | %.1f s",
-        row["epoch"], cfg.epochs, row["phase"], row["train_loss"], row["train_accuracy"], row["val_loss"], row["val_accuracy"],
-        row["val_balanced_accuracy"], row["val_macro_f1"], " *best*" if improved else "", row["lr"], row["seconds"],
+        "epoch %d/%d [%s] train loss %.4f acc %.3f | val%s loss %.4f acc %.3f bal-acc %.3f f1 %.3f auc %.3f%s | lr %.2e | %.1f s",
+        row["epoch"], cfg.epochs, row["phase"], row["train_loss"], row["train_accuracy"], " (EMA)" if cfg.ema_epochs > 0 else "",
+        row["val_loss"], row["val_accuracy"], row["val_balanced_accuracy"], row["val_macro_f1"], row["val_auc"],
+        " *best*" if improved else "", row["lr"], row["seconds"],
     )
 
 

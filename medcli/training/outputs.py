@@ -19,10 +19,13 @@ import numpy as np
 from .. import paths
 from .._io import write_json, write_text
 from ..runs import RUN_FORMAT, versions, write_predictions  # noqa: F401  (the run-folder formats live in medcli.runs)
-HISTORY_COLUMNS = ["epoch", "phase", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "lr", "seconds"]
+HISTORY_COLUMNS = ["epoch", "phase", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1",
+                   "val_auc", "lr", "seconds"]
 
 
-def write_outputs(cfg, fold, model, history: list[dict], val_logits: np.ndarray, summary: dict) -> None:
+def write_outputs(cfg, fold, model, history: list[dict], val_logits: np.ndarray, summary: dict, resolved: dict | None = None) -> None:
+    """``resolved``: ``{setting: {"value", "reason"}}`` for the settings set by the recipe or derived from the data
+    (:func:`medcli.training.config.resolve_budget`), recorded as ``config.json``'s ``resolved``."""
     from ..models import save_model
 
     out = Path(cfg.out)
@@ -45,6 +48,7 @@ def write_outputs(cfg, fold, model, history: list[dict], val_logits: np.ndarray,
         # the data and splits actually used, as absolute paths: `medcli train --config config.json` from any folder
         # trains on the same images and folds (a relative --data or a default splits file would not)
         "config": {**cfg.to_dict(), "data": os.path.abspath(cfg.data), "splits": os.path.abspath(fold.splits_path)},
+        "resolved": resolved or {},
         "classes": fold.classes,
         "backbone": backbone_record(cfg.backbone, cfg.weights),
         "preprocess": preprocess,

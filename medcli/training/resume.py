@@ -2,8 +2,8 @@
 
 A checkpoint (:data:`CHECKPOINT_FORMAT`) is a ``torch.save`` dict with the keys ``format``, ``key`` (the
 settings' :meth:`TrainConfig.key`), ``epoch`` (epochs done), ``model``, ``trunk_sha256``, ``optimizer``,
-``scheduler``, ``best_state``, ``best_score``, ``best_epoch``, ``bad_epochs`` and ``history`` (the rows of
-``history.csv`` so far). It is written atomically, so it is complete or absent.
+``scheduler``, ``best_state``, ``best_score``, ``best_epoch``, ``bad_epochs``, ``history`` (the rows of
+``history.csv`` so far) and ``ema`` (the weight average's tensors, or None). It is written atomically, so it is complete or absent.
 
 When the plan never trains the trunk, the trunk stays exactly as loaded from the weights: ``model`` and
 ``best_state`` then hold the head's tensors alone and ``trunk_sha256`` the trunk's hash
@@ -23,13 +23,13 @@ from .early_stopping import EarlyStopping
 
 log = logging.getLogger("medcli")
 
-CHECKPOINT_FORMAT = "medcli.checkpoint/2"  # 2: head-only states and trunk_sha256 when the trunk stays frozen
+CHECKPOINT_FORMAT = "medcli.checkpoint/3"  # 2: head-only states and trunk_sha256 when the trunk stays frozen; 3: ema
 
 
 def save_checkpoint(path: str, cfg: TrainConfig, epoch: int, model, optimizer, scheduler, stopper: EarlyStopping, history: list[dict],
-                    *, frozen_trunk: str | None = None) -> None:
+                    *, frozen_trunk: str | None = None, average: dict | None = None) -> None:
     """Write the resume state after ``epoch`` epochs to ``path``; with ``frozen_trunk`` (the trunk's hash) the
-    trunk's tensors are left out of ``model`` and ``best_state``."""
+    trunk's tensors are left out of ``model`` and ``best_state``; ``average``: the weight average's state."""
     from .._io import atomic_path
 
     tracked = stopper.state_dict()
@@ -47,6 +47,7 @@ def save_checkpoint(path: str, cfg: TrainConfig, epoch: int, model, optimizer, s
         **tracked,
         "best_state": best_state,
         "history": history,
+        "ema": average,
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
