@@ -106,7 +106,7 @@ def _write_run(res: Path, dataset: str, run: tuple, cfg_index: int, truth: dict,
     (folder / "config.json").write_text(json.dumps({
         "format": "medcli.run/1", "classes": CLASSES,
         "config": {"backbone": backbone, "strategy": strategy, "seed": seed, "fold": fold, "epochs": 5 if run == LONGER else 4,
-                   "img_size": 64, "batch_size": 32, "augment": strategy != "full"},
+                   "img_size": 64, "batch_size": 32, "augment": strategy != "full", "recipe": "default"},
         "summary": {"best_epoch": 3, "n_train": N_TRAIN, "n_val": N_VAL, "train_seconds": 10.0 + fold + 2 * seed, "device": "cpu",
                     "precision": "fp32", "num_processes": 1},
         "data_fingerprint": "sha256:data", "splits_fingerprint": split_fp,
@@ -353,6 +353,8 @@ def test_setting_differences_within_a_configuration_are_flagged_between_configur
     assert "augment: False for `customcnn__full`, `resnet18__full`; True for `customcnn__scratch`, `resnet18__scratch`" in between["text"]
     assert "epochs" not in between["text"]
     assert "- **Check**: runs of one configuration" in report["md"] and "- Note: configurations differ" in report["md"]
+    assert "recipe" not in within["text"] + between["text"]  # one recipe everywhere: nothing to flag
+    assert "- Training recipe (docs/recipes.md;" in report["md"] and "`resolved`): `default`." in report["md"]
 
 
 def test_gradcam_section_compares_faithfulness(report):
