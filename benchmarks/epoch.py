@@ -128,7 +128,7 @@ def medcli_run(root: Path, splits: Path, backbone: str, size: int, batch: int, e
 
     shutil.rmtree(work, ignore_errors=True)
     cfg = TrainConfig(data=str(root), splits=str(splits), backbone=backbone, strategy="scratch", weights="none", img_size=size, channels=3,
-                      epochs=epochs, batch_size=batch, lr=lr, patience=10_000, precision="fp32",
+                      epochs=epochs, batch_size=batch, lr=lr, patience=10_000, precision="fp32", ema_epochs=0.0,  # the baseline averages nothing
                       results=str(work / "results"), work=str(work / "work"), cache_dir=str(cache), progress=False)
     loop.train_one_epoch, loop._save_checkpoint = timed_epoch, timed_save
     try:

@@ -119,7 +119,7 @@ def main() -> None:
 
     for size in (int(s) for s in args.sizes.split(",")):
         base = dict(data=str(data), splits=str(splits), backbone=args.backbone, strategy="linear", weights=str(weights),
-                    img_size=size, epochs=args.epochs, patience=args.epochs, augment=False, cache_dir=str(cache),
+                    img_size=size, epochs=args.epochs, patience=args.epochs, augment=False, ema_epochs=0.0, cache_dir=str(cache),
                     progress=False)
         cfg = resolve(TrainConfig(**base, results=str(root / "warmup")))
         fold = load_fold(cfg, make_accelerator(cfg)[0])  # decode the images before anything is timed

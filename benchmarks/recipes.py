@@ -17,8 +17,9 @@ Datasets (``--data`` overrides the path):
   ``$MEDCLI_RETINAMNIST`` or ``../shared/data/retinamnist.npz`` beside the repository; ResNet-18 from scratch
   at 28 px, the setting of the MedMNIST v2 benchmark table.
 * ``chest-ct``: the Kaggle chest CT-scan images (613/72/315, 4 classes), from ``$MEDCLI_CHEST_CT`` or
-  ``../shared/data/chest-ct``; ResNet-18 from scratch at ``--img-size`` (64 px by default, so that the study
-  runs on a CPU; pass 224 on a GPU).
+  ``../shared/data/chest-ct``, the dataset's own split with the test images that duplicate a training image
+  left out (``medcli split --drop-test-duplicates``); ResNet-18 from scratch at ``--img-size`` (64 px by
+  default, so that the study runs on a CPU; pass 224 on a GPU).
 
 Runs are cached under ``--work`` by (study, setting, seed): a second call prints the table again and trains only
 what is missing (``--fresh`` retrains). ``--jobs N`` trains N runs at once, each with ``cores / N`` threads.
@@ -74,7 +75,10 @@ STUDIES = {
                     "settings": ["old", "default", "medmnist-v2", "default-no-ema", "default-no-early-stop", "default-monitor-bacc",
                                  "default-monitor-loss", "default-no-class-weights", "default-smoothing", "default-30-epochs",
                                  "old-monitor-auc"]},
-    "chest-ct": {"base": ["--backbone", "resnet18", "--strategy", "scratch"], "settings": ["old", "default", "default-1-channel"]},
+    # the dataset's own split, with the test images that duplicate a training image left out (medcli split finds 11
+    # validation and some test images repeated from train; a test image seen in training would flatter every setting)
+    "chest-ct": {"base": ["--backbone", "resnet18", "--strategy", "scratch"], "split": ["--drop-test-duplicates"],
+                 "settings": ["old", "default", "default-1-channel"]},
 }
 METRICS = ("accuracy", "roc_auc", "balanced_accuracy")
 
@@ -97,13 +101,18 @@ def run_one(study: str, setting: str, seed: int, data: Path, splits: Path, base:
     """Train and test one (setting, seed); the record, cached in ``<run>/bench.json``."""
     run = root / setting / f"seed-{seed}"
     record_file = run / "bench.json"
+    options = [*base, *SETTINGS[setting][1]]
     if record_file.exists() and not fresh:
-        return json.loads(record_file.read_text())
+        record = json.loads(record_file.read_text())
+        if record["options"] != options:
+            print(f"  note: {setting} seed {seed} is cached with options {' '.join(record['options'])} (now {' '.join(options)}); "
+                  "--fresh retrains it", flush=True)
+        return record
     if run.exists():
         shutil.rmtree(run)
-    options = [*base, *SETTINGS[setting][1]]
+    # each setting resumes from its own work folder: runs of two settings with one seed never share a checkpoint path
     args = ["train", "--data", str(data), "--splits", str(splits), "--seed", str(seed), "--out", str(run),
-            "--work", str(root / "work"), "--results", str(root / "results"), "--workers", "1", "--no-progress", *options]
+            "--work", str(root / "work" / setting), "--results", str(root / "results"), "--workers", "1", "--no-progress", *options]
     t0 = time.perf_counter()
     trained = medcli(*args, threads=threads)
     if trained.returncode:
@@ -165,10 +174,15 @@ def main() -> None:
     root = args.work / args.study
     root.mkdir(parents=True, exist_ok=True)
     splits = root / "splits.json"
+    split_args = ["--folds", "0", *study.get("split", [])]
+    made_with = root / "splits.args.json"
     if not splits.exists():  # one splits file for every run: the dataset's own train/val/test split
-        made = medcli("split", str(data), "--folds", "0", "--out", str(splits), threads=1)
+        made = medcli("split", str(data), *split_args, "--out", str(splits), threads=1)
         if made.returncode:
             raise SystemExit(f"medcli split failed:\n{made.stderr[-3000:]}")
+        made_with.write_text(json.dumps(split_args))
+    elif made_with.exists() and json.loads(made_with.read_text()) != split_args:
+        raise SystemExit(f"{splits} was made with {made_with.read_text()}, not {split_args}: use another --work (or delete {root})")
     info = C.machine()
     threads = max(1, info["cores"] // args.jobs)
     print(f"study {args.study}: {data}; {len(settings)} settings x {len(args.seeds)} seeds, {args.jobs} at once with {threads} thread(s) each; "

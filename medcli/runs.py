@@ -139,6 +139,12 @@ def inference_device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def history_column(monitor: str) -> str:
+    """The ``history.csv`` column a training monitor is recorded in (``auc`` → ``val_roc_auc``, ``loss`` →
+    ``val_loss``, ``balanced_accuracy`` → ``val_balanced_accuracy``)."""
+    return f"val_{'roc_auc' if monitor == 'auc' else monitor}"
+
+
 def read_history(run_dir: str | os.PathLike):
     """``history.csv`` of a run as a DataFrame (one row per epoch; columns in docs/architecture.md)."""
     import pandas as pd

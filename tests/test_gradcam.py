@@ -51,7 +51,7 @@ def trained(tmp_path_factory) -> tuple[str, str]:
     cache = str(root / "cache")
     summary = train(TrainConfig(
         data=str(data), backbone="customcnn", head="mlp", strategy="scratch", epochs=12, batch_size=16, lr=3e-3,
-        img_size=64, channels=1, augment=False, seed=0, results=str(root / "results"), work=str(root / "work"),
+        img_size=64, channels=1, augment=False, seed=0, monitor="balanced_accuracy", results=str(root / "results"), work=str(root / "work"),
         cache_dir=cache, workers=1, progress=False,
     ))
     assert summary["best_score"] > 0.9, "the synthetic task was not learned; the CAM checks below would be meaningless"

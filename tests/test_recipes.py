@@ -75,7 +75,7 @@ def test_the_command_line_applies_the_recipe_under_its_options(tmp_path, monkeyp
 
 
 def test_a_recipe_named_in_python_but_never_applied_is_refused(dataset, tmp_path):
-    with pytest.raises(MedcliError, match="recipe 'medmnist-v2' was named but not applied"):
+    with pytest.raises(MedcliError, match="recipe 'medmnist-v2' was named in a TrainConfig built directly, so it was not applied"):
         schema_lib.resolve(TrainConfig(**_settings(dataset, tmp_path), recipe="medmnist-v2"))
 
 
@@ -133,10 +133,10 @@ def test_validation_auc_is_sklearns_macro_one_vs_rest():
     y = np.repeat(np.arange(4), 10)
     logits = rng.normal(size=(40, 4)) + np.eye(4)[y]
     p = torch.softmax(torch.from_numpy(logits), 1).numpy()
-    assert val_metrics(logits, y)["val_auc"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"))
+    assert val_metrics(logits, y)["val_roc_auc"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"))
     binary = logits[:, :2]
-    assert val_metrics(binary, y % 2)["val_auc"] == pytest.approx(roc_auc_score(y % 2, binary[:, 1] - binary[:, 0]))
-    assert math.isnan(val_metrics(logits, np.zeros(40, dtype=int))["val_auc"])
+    assert val_metrics(binary, y % 2)["val_roc_auc"] == pytest.approx(roc_auc_score(y % 2, binary[:, 1] - binary[:, 0]))
+    assert math.isnan(val_metrics(logits, np.zeros(40, dtype=int))["val_roc_auc"])
 
 
 # --- weight averaging -------------------------------------------------------------------------------------------------
@@ -178,7 +178,7 @@ def test_training_records_recipe_resolution_and_selects_the_saved_averaged_weigh
     steps = doc["summary"]["n_train"] // 16  # batch 16, the last incomplete batch dropped
     assert doc["summary"]["weight_average"] == {"method": "ema", "epochs": 1.0, "decay": pytest.approx(1 - 1 / steps), "head_only": False}
     history = _history(run)
-    aucs = [float(r["val_auc"]) for r in history]
+    aucs = [float(r["val_roc_auc"]) for r in history]
     assert summary["best_epoch"] == int(np.argmax(aucs)) + 1 and summary["best_score"] == pytest.approx(max(aucs), abs=1e-5)
     # the saved model is the one that was scored: its validation predictions give the recorded best AUC
     pred = read_predictions(paths.predictions_file(run, "val"), doc["classes"])
@@ -219,3 +219,43 @@ def test_a_workflow_recipe_reaches_the_cell_under_the_cells_own_settings(tmp_pat
     assert (cfg.epochs, cfg.batch_size) == (6, 32)  # the config's train: section overrides the recipe
     linear = wf.train_settings(config, wf.Cell("demo", "resnet18", "linear", 0, 1, "pretrained"))
     assert linear["recipe"] == "quick"
+
+
+def test_a_run_file_re_runs_with_its_recipe_and_data_derived_values_derived_again(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr("medcli.training.loop.train", lambda cfg: seen.append(cfg) or {"main_process": False})
+    cfg = schema_lib.from_dict({"data": str(tmp_path), "recipe": "medmnist-v2", "epochs": 7})
+    trained, resolved = schema_lib.resolve_budget(cfg, 1080)
+    doc = {"format": "medcli.run/1", "config": trained.to_dict(), "resolved": resolved}
+    (tmp_path / "config.json").write_text(json.dumps(doc))
+    assert CliRunner().invoke(app, ["train", "--config", str(tmp_path / "config.json")]).exit_code == 0
+    assert seen[-1].to_dict() == cfg.to_dict()  # the same settings as given, before the data decided anything
+    assert CliRunner().invoke(app, ["train", "--config", str(tmp_path / "config.json"), "--recipe", "default"]).exit_code == 0
+    assert (seen[-1].optimizer, seen[-1].epochs, seen[-1].batch_size) == ("adamw", 7, 32)  # another recipe really applies
+
+    # a run recorded before recipes existed re-runs as it was trained: no weight averaging
+    old = {k: v for k, v in trained.to_dict().items() if k not in ("recipe", "ema_epochs", "schedule")}
+    (tmp_path / "old.json").write_text(json.dumps({"format": "medcli.run/1", "config": {**old, "optimizer": "adamw", "monitor": "balanced_accuracy"}}))
+    assert CliRunner().invoke(app, ["train", "--config", str(tmp_path / "old.json")]).exit_code == 0
+    assert (seen[-1].ema_epochs, seen[-1].schedule, seen[-1].monitor) == (0.0, "cosine", "balanced_accuracy")
+
+
+def test_the_default_auc_monitor_falls_back_to_loss_on_a_single_class_validation_part(tmp_path):
+    from medcli.data.synth import make_synthetic as synth
+
+    data = synth(tmp_path / "d", layout="imagefolder", n_classes=2, per_class=12, size=32, noise=0.1)
+    doc_path = tmp_path / "splits.json"
+    split_data(data, doc_path, folds=0, seed=0, val_fraction=0.2)
+    doc = json.loads(doc_path.read_text())
+    fold = doc["folds"][0]
+    labels = doc["labels"]
+    keep = labels[fold["val"][0]]
+    moved = [i for i in fold["val"] if labels[i] != keep]
+    fold["val"], fold["train"] = [i for i in fold["val"] if labels[i] == keep], fold["train"] + moved
+    doc_path.write_text(json.dumps(doc))
+    settings = _settings((data, doc_path), tmp_path, epochs=2, allow_missing_classes=True)
+    summary = train(schema_lib.from_dict(settings))
+    resolved = json.loads(Path(paths.config_file(summary["out"])).read_text())["resolved"]
+    assert summary["monitor"] == "loss" and "single class" in resolved["monitor"]["reason"]
+    with pytest.raises(MedcliError, match="--monitor auc: fold 0's validation part has a single class"):
+        train(schema_lib.from_dict({**settings, "monitor": "auc", "out": str(tmp_path / "explicit")}))

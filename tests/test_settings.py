@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -29,12 +29,12 @@ def test_workflow_train_schema_is_the_settings_schema():
 
 def test_every_setting_is_declared_with_a_group_help_and_a_workflow_home():
     dataset_keys = set(WORKFLOW_SCHEMA["properties"]["datasets"]["additionalProperties"]["properties"])
-    for f in fields(TrainConfig):
-        s = f.metadata["setting"]
+    for name, s in schema_lib.schema().items():
         assert s.help and s.group in (schema_lib.DATA, schema_lib.MODEL, schema_lib.OPTIMISATION, schema_lib.AUGMENTATION, schema_lib.RUN)
-        assert s.workflow in schema_lib.WORKFLOW_SCOPES, f.name
+        assert s.workflow in schema_lib.WORKFLOW_SCOPES, name
         if s.workflow == "dataset":
-            assert f.name in dataset_keys, f"{f.name} is read from datasets.<name> but the workflow schema has no such key"
+            assert name in dataset_keys, f"{name} is read from datasets.<name> but the workflow schema has no such key"
+    assert {f.name for f in fields(TrainConfig)} - set(schema_lib.schema()) == {"given"}  # the one field that is not a setting
 
 
 def test_every_setting_has_a_command_line_option():
@@ -42,8 +42,8 @@ def test_every_setting_has_a_command_line_option():
 
     command = typer.main.get_command(app).commands["train"]
     options = {opt for p in command.params for opt in p.opts + p.secondary_opts}
-    for f in fields(TrainConfig):
-        assert schema_lib.option_name(f.name) in options, f.name
+    for name in schema_lib.schema():
+        assert schema_lib.option_name(name) in options, name
     assert {"--config", "-b", "-s", "--no-augment", "--hidden", "--momentum", "--min-lr-ratio", "--channels-last"} <= options
 
 
@@ -119,7 +119,7 @@ def test_a_run_config_json_feeds_back_into_the_same_settings(tmp_path, monkeypat
     seen = _captured_train(monkeypatch)
     resolved = TrainConfig(data=str(tmp_path), dataset_name="ds", backbone="customcnn", strategy="scratch", weights="none", img_size=32,
                            channels=1, epochs=2, augment=True, out=str(tmp_path / "run"), aliases={"x_1": "x"}, seed=3, fold=2)
-    doc = {"format": "medcli.run/1", "config": asdict(resolved), "classes": ["a", "b"], "summary": {}}
+    doc = {"format": "medcli.run/1", "config": resolved.to_dict(), "classes": ["a", "b"], "summary": {}}
     (tmp_path / "config.json").write_text(json.dumps(doc))
     result = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "config.json")])
     assert result.exit_code == 0, result.output

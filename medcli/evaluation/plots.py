@@ -253,7 +253,7 @@ def plot_reliability(y_true, probs, path: str | os.PathLike, *, n_bins: int = DE
 
 _LOSS_COLUMNS = (("train_loss", "train"), ("val_loss", "validation"))
 _ACCURACY_COLUMNS = (("train_accuracy", "train accuracy"), ("val_accuracy", "validation accuracy"),
-                     ("val_balanced_accuracy", "validation balanced accuracy"))
+                     ("val_balanced_accuracy", "validation balanced accuracy"), ("val_roc_auc", "validation ROC AUC"))
 
 
 def _phase_runs(phases: pd.Series, x: np.ndarray) -> list[tuple[str, float, float]]:
@@ -272,7 +272,7 @@ def plot_learning_curves(history: pd.DataFrame, path: str | os.PathLike, *, moni
     """Loss and accuracy per epoch, training against validation.
 
     ``history`` has one row per epoch with an ``epoch`` column and any of ``train_loss``, ``val_loss``,
-    ``train_accuracy``, ``val_accuracy`` and ``val_balanced_accuracy``; missing columns are left out. With
+    ``train_accuracy``, ``val_accuracy``, ``val_balanced_accuracy`` and ``val_roc_auc``; missing columns are left out. With
     ``monitor`` (a column such as ``"val_balanced_accuracy"``) a vertical line marks the best epoch: the
     minimum when the column name contains "loss", the maximum otherwise, the earliest on ties. When a
     ``phase`` column holds more than one value, the phases are shaded and labelled. If epoch numbers repeat
@@ -298,12 +298,12 @@ def plot_learning_curves(history: pd.DataFrame, path: str | os.PathLike, *, moni
         h = h.iloc[order].reset_index(drop=True)
         x, xlabel = epoch.to_numpy(dtype=np.float64)[order], "epoch"
     marker = "o" if len(h) <= 60 else None
-    colors = _palette(3)
+    colors = _palette(len(_ACCURACY_COLUMNS))
 
     with _figure(path, 1, 2, figsize=(11.0, 4.4), sharex=True) as (fig, (ax_loss, ax_acc)):
-        for ax, columns, ylabel in ((ax_loss, _LOSS_COLUMNS, "loss"), (ax_acc, _ACCURACY_COLUMNS, "accuracy")):
+        for ax, columns, ylabel in ((ax_loss, _LOSS_COLUMNS, "loss"), (ax_acc, _ACCURACY_COLUMNS, "accuracy and AUC")):
             drawn = 0
-            for k, ((column, label), style) in enumerate(zip(columns, ("-", "--", ":"))):
+            for k, ((column, label), style) in enumerate(zip(columns, ("-", "--", ":", "-."))):
                 if column not in h.columns:
                     continue
                 values = pd.to_numeric(h[column], errors="coerce").to_numpy(dtype=np.float64)

@@ -339,7 +339,7 @@ def _learning_curves(run: runs.Run) -> None:
     from .plots import plot_learning_curves
 
     history = runs.read_history(run.path)
-    monitor = "val_loss" if run.config.get("monitor") == "loss" else f"val_{run.config.get('monitor', 'balanced_accuracy')}"
+    monitor = runs.history_column(run.doc.get("summary", {}).get("monitor") or run.config.get("monitor", "balanced_accuracy"))
     Path(paths.figures_dir(run.path)).mkdir(parents=True, exist_ok=True)
     plot_learning_curves(history, paths.learning_curves_file(run.path), monitor=monitor if monitor in history else None)
 

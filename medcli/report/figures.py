@@ -27,7 +27,8 @@ from .._io import atomic_path  # noqa: E402
 from .collect import Run  # noqa: E402
 
 DPI = 150
-_HISTORY_LABELS = {"val_balanced_accuracy": "balanced accuracy", "val_macro_f1": "macro-F1", "val_accuracy": "accuracy"}
+_HISTORY_LABELS = {"val_balanced_accuracy": "balanced accuracy", "val_macro_f1": "macro-F1", "val_accuracy": "accuracy",
+                   "val_roc_auc": "ROC AUC"}
 
 
 def _save(fig, path: str | os.PathLike) -> Path:

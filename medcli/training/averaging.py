@@ -2,8 +2,9 @@
 place of the raw weights (``--ema-epochs``).
 
 The average is timm's :class:`timm.utils.ModelEmaV3` (parameters and BatchNorm buffers), with its warm-up
-(``decay_t = min(decay, 1 - (1 + t)^(-3/4))`` at optimizer step ``t``, timm's advice for runs shorter than
-about 100k steps), so the random initialisation is forgotten within the first epochs. The horizon is given in
+(``decay = min(decay, 1 - t^(-3/4))`` after ``t`` optimizer steps, the first update a plain copy; power 3/4
+is timm's advice for shorter runs, 2/3 for runs of a million steps or more), so the random initialisation is
+forgotten within the first epochs. The horizon is given in
 epochs and turned into a per-step decay at the fold's size: ``decay = 1 - 1 / (ema_epochs x steps_per_epoch)``.
 timm trains ImageNet with ``--model-ema-decay 0.9998`` at ~2,500 steps per epoch, a horizon of 2 epochs.
 
@@ -12,8 +13,9 @@ best epoch is then partly chosen by noise; averaging the weights over the last e
 themselves (Polyak and Juditsky, 1992; Izmailov et al., "Averaging weights leads to wider optima and better
 generalization", UAI 2018). The defaults study (``docs/recipes.md``) measures what it is worth.
 
-When the plan never trains the trunk (a linear probe) only the head is averaged; the averaged model then
-shares the trunk with the model.
+When the plan never trains the trunk (a linear probe) only the head is averaged; the averaged model is then a
+shallow copy of the model with the averaged head: it shares the trunk module and the model's own parameter
+dicts, so it is only ever put in eval mode and run (never moved, trained or loaded into).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import re
 import json
 import math
 import os
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +127,7 @@ class TrainConfig:
                                         exclusive_minimum=0, maximum=1, default_text="off")
     # optimisation
     epochs: int | None = setting(None, "Maximum number of epochs.", OPTIMISATION, minimum=1, short="-e",
-                                 default_text="enough for about 2,000 optimizer steps at the fold's size, at least 30 and at most 100")
+                                 default_text="enough for about 2,000 optimizer steps at the folds' mean training size, 30 to 100")
     batch_size: int = setting(32, "Global batch size (split over processes).", OPTIMISATION, minimum=1)
     optimizer: str = setting("adamw", "Optimizer: adamw (decoupled weight decay), adam (L2 weight decay, as the MedMNIST v2 "
                              "protocol) or sgd (Nesterov).", OPTIMISATION, choices=OPTIMIZERS)
@@ -175,17 +175,21 @@ class TrainConfig:
     workers: int | None = setting(None, "Decoding processes.", RUN, workflow="job", minimum=1, in_key=False,
                                   default_text="the CPUs available")
     progress: bool = setting(True, "A progress bar on a terminal.", RUN, workflow="job", in_key=False)
+    # Not a setting: the names of the settings given explicitly, set by from_dict (None: built directly in Python).
+    # The recipe applies under them; config.json's `resolved` gives the reason of every value not among them.
+    given: frozenset | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings (every schema field), as ``config.json`` records them."""
+        return {name: getattr(self, name) for name in _SCHEMA}
 
     def key(self) -> str:
         """Hash of everything that changes the result: a checkpoint is resumed only under the same key."""
-        relevant = {k: v for k, v in asdict(self).items() if k in KEY_FIELDS}
+        relevant = {k: v for k, v in self.to_dict().items() if k in KEY_FIELDS}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-_SCHEMA: dict[str, Setting] = {f.name: f.metadata["setting"] for f in fields(TrainConfig)}
+_SCHEMA: dict[str, Setting] = {f.name: f.metadata["setting"] for f in fields(TrainConfig) if "setting" in f.metadata}
 KEY_FIELDS = frozenset(name for name, s in _SCHEMA.items() if s.in_key)
 
 
@@ -199,7 +203,7 @@ def default_of(name: str) -> Any:
     return f.default_factory() if f.default is MISSING else f.default
 
 
-_FIELDS = {f.name: f for f in fields(TrainConfig)}
+_FIELDS = {f.name: f for f in fields(TrainConfig) if f.name in _SCHEMA}
 # The Python type of each field and whether it may be None, from its annotation ("int | None", "dict[str, str]").
 _TYPES = {name: (f.type.split(" | ")[0].split("[")[0], "None" in f.type) for name, f in _FIELDS.items()}
 
@@ -322,7 +326,7 @@ def from_dict(values: dict, where: str = "") -> TrainConfig:
 
     check_keys(values, where)
     checked = {k: check_value(k, v, f"{where}{k}") for k, v in values.items()}
-    return TrainConfig(**apply_recipe(checked))
+    return TrainConfig(**apply_recipe(checked), given=frozenset(checked))
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
@@ -330,7 +334,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 
     Paths given as ``os.PathLike`` become strings and whole numbers given for floats become floats.
     """
-    return replace(cfg, **{name: check_value(name, getattr(cfg, name), option_name(name)) for name in _FIELDS})
+    return replace(cfg, **{name: check_value(name, getattr(cfg, name), option_name(name)) for name in _SCHEMA})
 
 
 def read_settings(path: str | os.PathLike) -> dict:
@@ -352,7 +356,7 @@ def read_settings(path: str | os.PathLike) -> dict:
         first = str(exc).splitlines()[0] if str(exc) else "syntax error"
         raise MedcliError(f"{path}: not valid YAML or JSON ({first})") from None
     if isinstance(doc, dict) and str(doc.get("format", "")).startswith("medcli.run/"):
-        doc = doc.get("config")  # a run's config.json: its resolved settings
+        doc = run_settings(doc)
     if doc is None:
         return {}
     if not isinstance(doc, dict):
@@ -361,6 +365,24 @@ def read_settings(path: str | os.PathLike) -> dict:
     values = {k: check_value(k, v, f"{where}{k}") for k, v in doc.items()}
     check_names(values, where)
     return values
+
+
+# Settings added after runs were first recorded, with the value that reproduces what those runs did.
+BEFORE_RECIPES = {"ema_epochs": 0.0, "schedule": "cosine", "optimizer": "adamw"}
+
+
+def run_settings(doc: dict) -> dict | None:
+    """The settings that re-run a run from its ``config.json`` (``doc``): its ``config`` section without the values
+    its recipe set or the data decided (``resolved``), which are derived again the same way (so ``--recipe`` or
+    other data given on top apply as they would have). A run recorded before recipes existed (no ``recipe`` key)
+    gets :data:`BEFORE_RECIPES` for the settings it does not record, not today's defaults."""
+    config = doc.get("config")
+    if not isinstance(config, dict):
+        return config
+    settings = {k: v for k, v in config.items() if k not in (doc.get("resolved") or {})}
+    if "recipe" not in config:
+        settings = {**BEFORE_RECIPES, **settings}
+    return settings
 
 
 def check_names(values: dict, where: str = "") -> None:
@@ -417,14 +439,13 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
 
 
 def _check_recipe_applied(cfg: TrainConfig) -> None:
-    """Refuse a ``TrainConfig(recipe=NAME)`` built directly in Python, where nothing applied the recipe: not one
-    of the settings the recipe changes holds the recipe's value. (:func:`from_dict` applies it.)"""
+    """Refuse a ``TrainConfig(recipe=NAME)`` built directly in Python: nothing applied the recipe, and which of its
+    values were meant to override it is unknown. :func:`from_dict` applies it (and records ``given``)."""
     from .recipes import get_recipe
 
-    changes = {k: v for k, v in get_recipe(cfg.recipe).settings.items() if v != default_of(k)}
-    if changes and not any(getattr(cfg, k) == v for k, v in changes.items()):
-        raise MedcliError(f"recipe {cfg.recipe!r} was named but not applied: build the settings with "
-                          f"medcli.training.config.from_dict({{'recipe': {cfg.recipe!r}, ...}})")
+    if cfg.given is None and get_recipe(cfg.recipe).settings:
+        raise MedcliError(f"recipe {cfg.recipe!r} was named in a TrainConfig built directly, so it was not applied: build the "
+                          f"settings with medcli.training.config.from_dict({{'recipe': {cfg.recipe!r}, ...}})")
 
 
 # Budget defaults, from the defaults study (docs/recipes.md).
@@ -446,7 +467,7 @@ def resolve_budget(cfg: TrainConfig, n_train: int) -> tuple[TrainConfig, dict]:
     """
     from .recipes import recipe_reasons
 
-    reasons = {k: {"value": getattr(cfg, k), "reason": why} for k, why in recipe_reasons(cfg.to_dict()).items()}
+    reasons = {k: {"value": getattr(cfg, k), "reason": why} for k, why in recipe_reasons(cfg).items()}
     changes = {}
     if cfg.epochs is None:
         steps = max(1, n_train // max(1, min(cfg.batch_size, n_train)))

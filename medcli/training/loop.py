@@ -33,6 +33,7 @@ import torch.nn as nn
 from .. import paths
 from ..errors import MedcliError
 from ..inference import infer
+from ..runs import history_column
 from ..preprocess import AugmentSettings, to_model_input
 from .batches import ImageSet, index_loader, normalization
 from .config import MONITORS, TrainConfig, resolve, resolve_budget, work_dir
@@ -255,7 +256,7 @@ def val_metrics(logits: np.ndarray, y: np.ndarray) -> dict:
         auc = float("nan")
     return {
         "val_loss": float(-logp[np.arange(len(y)), y].mean()),
-        "val_auc": float(auc),
+        "val_roc_auc": float(auc),
         "val_accuracy": float((pred == y).mean()),
         "val_balanced_accuracy": float(balanced_accuracy_score(y, pred)),
         "val_macro_f1": float(f1_score(y, pred, average="macro", labels=np.unique(y), zero_division=0)),
@@ -314,8 +315,10 @@ def train(cfg: TrainConfig) -> dict:
     ``epochs_run``, ``stopped_early``, ``train_seconds`` (including the epochs before a resume), precision and
     device facts, normalization ``mean``/``std`` (one value per channel), ``class_weights``, ``n_train``,
     ``n_val``, ``feature_cache``, ``param_groups`` (per phase of the plan, each optimizer parameter group's name,
-    peak learning rate and size, and the frozen rest: :meth:`medcli.strategies.Plan.param_groups_summary`) and
-    ``out``.
+    peak learning rate and size, and the frozen rest: :meth:`medcli.strategies.Plan.param_groups_summary`),
+    ``weight_average`` (``{method, epochs, decay, head_only}`` or None) and ``out``. ``config.json`` also records
+    ``resolved``: each value a recipe set or the data decided (``epochs``, ``patience``, a ``monitor`` that falls
+    back to ``loss``), with the reason.
 
     Raises :class:`MedcliError` for a missing ``--splits`` file, a fold number the splits do not have, a fold too
     small for the number of processes, a non-finite training loss (naming epoch and step), a checkpoint without
@@ -326,7 +329,7 @@ def train(cfg: TrainConfig) -> dict:
     _configure_process(cfg, accelerator)
     fold = load_fold(cfg, accelerator)
     cfg, resolved = resolve_budget(cfg, round(sum(fold.train_sizes) / len(fold.train_sizes)))  # one budget for every fold
-    _check_monitor(cfg, fold)
+    cfg = _check_monitor(cfg, fold, resolved)
     model, plan = build_model(cfg, len(fold.classes))
     mean, std = normalization(cfg.weights != "none", model.info.mean, model.info.std, cfg.channels, fold.train)
     weights = class_weights(fold.train.labels, len(fold.classes)) if cfg.class_weights else None
@@ -377,10 +380,19 @@ def _summary(cfg: TrainConfig, accelerator, precision: str, fold: Fold, stopper:
     }
 
 
-def _check_monitor(cfg: TrainConfig, fold: Fold) -> None:
-    if cfg.monitor == "auc" and len(np.unique(fold.val.labels.numpy())) < 2:
-        raise MedcliError(f"--monitor auc: fold {cfg.fold}'s validation part has a single class, so its ROC AUC is undefined; "
-                          "choose --monitor loss (or make splits whose validation parts hold every class)")
+def _check_monitor(cfg: TrainConfig, fold: Fold, resolved: dict) -> TrainConfig:
+    """``cfg``, with the monitor ``loss`` when the default (or a recipe's) ``auc`` is undefined on this fold's
+    validation part (a single class); recorded in ``resolved``. An explicit ``--monitor auc`` there is an error."""
+    from dataclasses import replace
+
+    if cfg.monitor != "auc" or len(np.unique(fold.val.labels.numpy())) >= 2:
+        return cfg
+    why = f"fold {cfg.fold}'s validation part has a single class, so its ROC AUC is undefined"
+    if cfg.given is not None and "monitor" in cfg.given:
+        raise MedcliError(f"--monitor auc: {why}; choose --monitor loss (or make splits whose validation parts hold every class)")
+    log.warning("%s: selecting the best epoch by validation loss instead", why)
+    resolved["monitor"] = {"value": "loss", "reason": why}
+    return replace(cfg, monitor="loss")
 
 
 def _configure_process(cfg: TrainConfig, accelerator) -> None:
@@ -515,7 +527,7 @@ def _fit(run: Run, feed: Feed, stopper: EarlyStopping, history: list[dict], star
 
 def _start_phase(run: Run, net: nn.Module, epoch: int):
     """``(prepared net, optimizer, scheduler)`` for the plan's phase starting at (or containing) ``epoch``:
-    trainable parameters set, warm-up + cosine over the phase's steps."""
+    trainable parameters set, warm-up then ``cfg.schedule`` over the phase's steps (:func:`lr_schedule`)."""
     cfg, accelerator = run.cfg, run.accelerator
     phase = run.plan.phase(epoch)
     run.plan.apply(run.model, epoch)
@@ -543,7 +555,7 @@ def _one_epoch(run: Run, feed: Feed, prepared, optimizer, scheduler, stopper: Ea
                                 run.average)
     validated = prepared if run.average is None else run.average.counterpart(feed.net)  # the weights that are selected and saved
     stats.update(val_metrics(predict(validated, run.val_loader, feed.val, accelerator), run.val_labels))
-    score = stats[f"val_{cfg.monitor}"]
+    score = stats[history_column(cfg.monitor)]
     improved = stopper.update(score, epoch, run.model if run.average is None else run.average.averaged())
     row = {"epoch": epoch + 1, "phase": phase.name, **stats, "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - t0}
     return row, improved
@@ -600,7 +612,7 @@ def _log_epoch(row: dict, cfg: TrainConfig, improved: bool) -> None:
     log.info(
         "epoch %d/%d [%s] train loss %.4f acc %.3f | val%s loss %.4f acc %.3f bal-acc %.3f f1 %.3f auc %.3f%s | lr %.2e | %.1f s",
         row["epoch"], cfg.epochs, row["phase"], row["train_loss"], row["train_accuracy"], " (EMA)" if cfg.ema_epochs > 0 else "",
-        row["val_loss"], row["val_accuracy"], row["val_balanced_accuracy"], row["val_macro_f1"], row["val_auc"],
+        row["val_loss"], row["val_accuracy"], row["val_balanced_accuracy"], row["val_macro_f1"], row["val_roc_auc"],
         " *best*" if improved else "", row["lr"], row["seconds"],
     )
 

@@ -20,7 +20,7 @@ from .. import paths
 from .._io import write_json, write_text
 from ..runs import RUN_FORMAT, versions, write_predictions  # noqa: F401  (the run-folder formats live in medcli.runs)
 HISTORY_COLUMNS = ["epoch", "phase", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1",
-                   "val_auc", "lr", "seconds"]
+                   "val_roc_auc", "lr", "seconds"]
 
 
 def write_outputs(cfg, fold, model, history: list[dict], val_logits: np.ndarray, summary: dict, resolved: dict | None = None) -> None:

@@ -17,10 +17,12 @@ Built-in recipes:
   lightweight benchmark for 2D and 3D biomedical image classification", Scientific Data 10, 41, 2023; code
   ``MedMNIST/experiments/MedMNIST2D/train_and_eval_pytorch.py``): Adam, lr 1e-3, no weight decay, batch 128, 100
   epochs, lr x0.1 at epochs 50 and 75, no warm-up, no augmentation, plain cross-entropy, the model selected by
-  validation AUC over all 100 epochs (no early stopping), no weight averaging. Not reproduced: inputs
-  normalised with mean 0.5 / std 0.5 (medcli uses the training fold's statistics for random weights, an affine
-  change the first BatchNorm absorbs), and the paper's code kept the last epoch by mistake (``best_model =
-  model``), where medcli keeps the epoch it selected.
+  validation AUC over all 100 epochs (no early stopping), no weight averaging. Not reproduced: the network
+  (MedMNIST's ResNet-18 for 28 px inputs is CIFAR-style, a 3x3 stride-1 stem without max-pooling, about 20x the
+  compute at 28 px; medcli's ``resnet18`` is torchvision's ImageNet network), inputs normalised with mean 0.5 /
+  std 0.5 (medcli uses the training fold's statistics for random weights, an affine change the first BatchNorm
+  absorbs), and the paper's code kept the last epoch by mistake (``best_model = model``), where medcli keeps the
+  epoch it selected.
 * ``quick``: a smoke run (2 epochs, no averaging) to check that a dataset and a configuration go through.
 """
 
@@ -73,12 +75,13 @@ def apply_recipe(given: dict) -> dict:
     return {**recipe.settings, **given}
 
 
-def recipe_reasons(settings: dict) -> dict[str, str]:
-    """``{setting: "recipe NAME"}`` for the settings whose value is the one their recipe sets (what
-    ``config.json`` records as the reason of a value)."""
-    name = settings.get("recipe") or "default"
-    recipe = get_recipe(name)
-    return {k: f"recipe {name}" for k, v in recipe.settings.items() if settings.get(k) == v}
+def recipe_reasons(cfg) -> dict[str, str]:
+    """``{setting: "recipe NAME"}`` for the settings of ``cfg`` (a :class:`~medcli.training.config.TrainConfig`)
+    that its recipe set, i.e. that were not given explicitly (``cfg.given``): what ``config.json`` records as the
+    reason of a value."""
+    recipe = get_recipe(cfg.recipe)
+    given = cfg.given or frozenset()
+    return {k: f"recipe {cfg.recipe}" for k in recipe.settings if k not in given}
 
 
 register_recipe("default", Recipe("The defaults, chosen by the defaults study (docs/recipes.md): nothing changed.",
