@@ -64,6 +64,8 @@ SETTINGS: dict[str, tuple[str, list[str]]] = {
     "default-monitor-loss": ("defaults, best epoch by validation loss", ["--monitor", "loss"]),
     "default-no-class-weights": ("defaults, plain cross-entropy (the switch for plain accuracy)", ["--no-class-weights"]),
     "default-smoothing": ("defaults + label smoothing 0.1", ["--label-smoothing", "0.1"]),
+    "medmnist-v2-last": ("--recipe medmnist-v2 --monitor last: the weights after epoch 100, what the published code kept", ["--recipe", "medmnist-v2", "--monitor", "last"]),
+    "default-last": ("defaults, the weights after the last epoch (no selection, no early stopping)", ["--monitor", "last"]),
     "default-no-early-stop": ("defaults without early stopping (patience 100): the whole budget, best epoch by AUC", ["--patience", "100"]),
     "default-30-epochs": ("defaults with the old budget: 30 epochs, patience 10", ["--epochs", "30", "--patience", "10"]),
     "old-monitor-auc": ("old defaults, best epoch by AUC", [*OLD[:4], "--monitor", "auc", "--ema-epochs", "0"]),
@@ -72,8 +74,8 @@ SETTINGS: dict[str, tuple[str, list[str]]] = {
 }
 STUDIES = {
     "retinamnist": {"base": ["--backbone", "resnet18", "--strategy", "scratch", "--img-size", "28"],
-                    "settings": ["old", "default", "medmnist-v2", "default-no-ema", "default-no-early-stop", "default-monitor-bacc",
-                                 "default-monitor-loss", "default-no-class-weights", "default-smoothing", "default-30-epochs",
+                    "settings": ["old", "default", "medmnist-v2", "medmnist-v2-last", "default-no-ema", "default-no-early-stop",
+                                 "default-last", "default-monitor-bacc", "default-monitor-loss", "default-no-class-weights", "default-smoothing", "default-30-epochs",
                                  "old-monitor-auc"]},
     # the dataset's own split, with the test images that duplicate a training image left out (medcli split finds 11
     # validation and some test images repeated from train; a test image seen in training would flatter every setting)

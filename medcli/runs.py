@@ -141,8 +141,8 @@ def inference_device():
 
 def history_column(monitor: str) -> str:
     """The ``history.csv`` column a training monitor is recorded in (``auc`` → ``val_roc_auc``, ``loss`` →
-    ``val_loss``, ``balanced_accuracy`` → ``val_balanced_accuracy``)."""
-    return f"val_{'roc_auc' if monitor == 'auc' else monitor}"
+    ``val_loss``, ``balanced_accuracy`` → ``val_balanced_accuracy``; ``last`` → ``epoch``, whose maximum it keeps)."""
+    return "epoch" if monitor == "last" else f"val_{'roc_auc' if monitor == 'auc' else monitor}"
 
 
 def read_history(run_dir: str | os.PathLike):

@@ -259,3 +259,8 @@ def test_the_default_auc_monitor_falls_back_to_loss_on_a_single_class_validation
     assert summary["monitor"] == "loss" and "single class" in resolved["monitor"]["reason"]
     with pytest.raises(MedcliError, match="--monitor auc: fold 0's validation part has a single class"):
         train(schema_lib.from_dict({**settings, "monitor": "auc", "out": str(tmp_path / "explicit")}))
+
+
+def test_monitor_last_keeps_the_final_weights_without_early_stopping(dataset, tmp_path):
+    summary = train(schema_lib.from_dict(_settings(dataset, tmp_path, epochs=3, patience=1, monitor="last", ema_epochs=0.0)))
+    assert (summary["best_epoch"], summary["epochs_run"], summary["stopped_early"]) == (3, 3, False)

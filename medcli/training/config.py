@@ -32,8 +32,9 @@ from ..errors import MedcliError
 from ..paths import DEFAULT_RESULTS, DEFAULT_WORK
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
-# Validation metric -> direction. auc: ROC AUC, macro one-vs-rest over the classes present (the MedMNIST evaluator's).
-MONITORS = {"auc": "max", "balanced_accuracy": "max", "accuracy": "max", "macro_f1": "max", "loss": "min"}
+# Validation metric -> direction. auc: ROC AUC, macro one-vs-rest over the classes present (the MedMNIST evaluator's);
+# last: no selection, the weights after the last epoch (no early stopping; what MedMNIST v2's published code kept).
+MONITORS = {"auc": "max", "balanced_accuracy": "max", "accuracy": "max", "macro_f1": "max", "loss": "min", "last": "max"}
 SCHEDULES = ("cosine", "step", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LAYOUTS = ("auto", "imagefolder", "presplit", "csv", "npz")
@@ -143,7 +144,8 @@ class TrainConfig:
     class_weights: bool = setting(True, "Class-weighted cross-entropy (weights from the training fold).", OPTIMISATION)
     label_smoothing: float = setting(0.0, "Label smoothing of the cross-entropy.", OPTIMISATION, minimum=0, exclusive_maximum=1)
     monitor: str = setting("auc", "Early-stopping (and best-epoch) metric on the validation fold; auc is the ROC AUC, macro "
-                           "one-vs-rest for more than two classes.", OPTIMISATION, choices=tuple(MONITORS))
+                           "one-vs-rest for more than two classes; last keeps the weights of the last epoch (no selection, "
+                           "no early stopping).", OPTIMISATION, choices=tuple(MONITORS))
     patience: int | None = setting(None, "Epochs without improvement before stopping.", OPTIMISATION, minimum=1,
                                    default_text="a quarter of the epochs, at least 10")
     ema_epochs: float = setting(2.0, "Exponential moving average of the weights (timm's ModelEmaV3, with its warm-up), over about "

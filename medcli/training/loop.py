@@ -555,7 +555,7 @@ def _one_epoch(run: Run, feed: Feed, prepared, optimizer, scheduler, stopper: Ea
                                 run.average)
     validated = prepared if run.average is None else run.average.counterpart(feed.net)  # the weights that are selected and saved
     stats.update(val_metrics(predict(validated, run.val_loader, feed.val, accelerator), run.val_labels))
-    score = stats[history_column(cfg.monitor)]
+    score = float(epoch) if cfg.monitor == "last" else stats[history_column(cfg.monitor)]  # last: every epoch is the newest
     improved = stopper.update(score, epoch, run.model if run.average is None else run.average.averaged())
     row = {"epoch": epoch + 1, "phase": phase.name, **stats, "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - t0}
     return row, improved
