@@ -87,6 +87,19 @@ def test_every_backbone_builds_and_classifies(name, channels):
     assert model.trunk.get_submodule(model.input_conv).in_channels == channels
 
 
+def test_the_small_image_resnet_keeps_a_4x4_map_at_28_px_where_torchvisions_has_1x1():
+    maps = {}
+    for name in ("resnet18_small", "resnet18"):
+        model = build(name, in_channels=3).eval()
+        captured = []
+        model.cam_target_layer().register_forward_hook(lambda m, i, out: captured.append(out))
+        with torch.no_grad():
+            model(torch.randn(1, 3, 28, 28))
+        maps[name] = tuple(captured[0].shape[-2:])
+    assert maps == {"resnet18_small": (4, 4), "resnet18": (1, 1)}
+    assert get_backbone("resnet18_small").imagenet_weights is None and get_backbone("resnet18_small").input_size == 28
+
+
 def test_vit_tokens_become_a_square_grid():
     model = build("vit_b_16")
     tokens = torch.randn(2, 1 + 2 * 2, 768)

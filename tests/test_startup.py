@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "accelerate", "sklearn", "pandas", "matplotlib")
 COMMANDS = {
     ("data",), ("data", "inspect"), ("data", "synth"), ("split",), ("train",), ("eval",), ("gradcam",),
-    ("ensemble",), ("report",), ("weights",), ("weights", "download"), ("models",),
+    ("ensemble",), ("report",), ("weights",), ("weights", "download"), ("models",), ("recipes",),
 }
 
 _PROBE = """
@@ -63,5 +63,5 @@ def test_cli_import_and_every_help_skip_torch_and_register_every_command():
 def test_python_m_medcli_help_lists_the_commands():
     proc = subprocess.run([sys.executable, "-m", "medcli", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for name in ("data", "split", "train", "eval", "gradcam", "ensemble", "report", "weights", "models"):
+    for name in ("data", "split", "train", "eval", "gradcam", "ensemble", "report", "weights", "models", "recipes"):
         assert name in proc.stdout

@@ -31,6 +31,7 @@ from torch import nn
 
 from ..registry import Registry
 from .customcnn import CustomCNN
+from .small_resnet import resnet18_small
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -207,6 +208,21 @@ register_backbone(
         stages=tuple((f"blocks.{i}",) for i in range(4)),
         cam_layer="blocks.3.bn",  # last block before its max-pool: twice the resolution of the block output
         build=CustomCNN,
+    )
+)
+
+register_backbone(
+    BackboneInfo(
+        name="resnet18_small",  # MedMNIST v2's "ResNet-18 (28)": the CIFAR-style stem (models/small_resnet.py)
+        family="custom",
+        input_size=28,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),  # MedMNIST's Normalize(mean=[.5], std=[.5]); random init uses the training fold's own statistics
+        interpolation="bilinear",
+        imagenet_weights=None,
+        stages=(("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",)),
+        cam_layer="layer4",
+        build=resnet18_small,
     )
 )
 
