@@ -74,15 +74,14 @@ SETTINGS: dict[str, tuple[str, list[str]]] = {
     "default-last": ("defaults, the weights after the last epoch (no selection, no early stopping)", ["--monitor", "last"]),
     "default-no-early-stop": ("defaults without early stopping (patience 100): the whole budget, best epoch by AUC", ["--patience", "100"]),
     "default-30-epochs": ("defaults with the old budget: 30 epochs, patience 10", ["--epochs", "30", "--patience", "10"]),
-    "old-monitor-auc": ("old defaults, best epoch by AUC", [*OLD[:4], "--monitor", "auc", "--ema-epochs", "0"]),
     "default-step": ("defaults with lr x0.1 at 50% and 75% of the epochs instead of cosine", ["--schedule", "step"]),
     "default-1-channel": ("defaults, grayscale as 1 channel", ["--channels", "1"]),
 }
 STUDIES = {
     "retinamnist": {"base": ["--backbone", "resnet18", "--strategy", "scratch", "--img-size", "28"],
                     "settings": ["old", "default", "medmnist-v2", "medmnist-v2-last", "default-no-ema", "default-no-early-stop",
-                                 "default-last", "default-monitor-bacc", "default-monitor-loss", "default-no-class-weights", "default-smoothing", "default-30-epochs",
-                                 "old-monitor-auc"],
+                                 "default-last", "default-monitor-bacc", "default-monitor-loss", "default-no-class-weights",
+                                 "default-smoothing", "default-step", "default-30-epochs"],
                     "gpu_settings": ["medmnist-v2-small", "default-small"]},
     # the dataset's own split, with the test images that duplicate a training image left out (medcli split finds 11
     # validation and some test images repeated from train; a test image seen in training would flatter every setting)
