@@ -48,3 +48,14 @@ def blob(seed: int, size: int = 48) -> np.ndarray:
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 256, (6, 6), dtype=np.uint8)
     return np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def synthetic_fold_data(root: Path, *, per_class: int, folds: int, n_classes: int = 3, size: int = 32) -> tuple[Path, Path]:
+    """``(data, splits.json)``: a small presplit synthetic dataset under ``root`` and its splits (seed 0), for
+    tests that train real (tiny) runs."""
+    from medcli.data.synth import make_synthetic
+    from medcli.splits import split_data
+
+    data = make_synthetic(root / "d", layout="presplit", n_classes=n_classes, per_class=per_class, size=size, noise=0.1)
+    split_data(data, root / "splits.json", folds=folds, seed=0)
+    return data, root / "splits.json"

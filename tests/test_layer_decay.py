@@ -12,10 +12,8 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from medcli import paths
-from medcli.data.synth import make_synthetic
 from medcli.errors import MedcliError
 from medcli.models import create_model
-from medcli.splits import split_data
 from medcli.strategies import (
     build_plan,
     check_combination,
@@ -25,6 +23,7 @@ from medcli.strategies import (
     trunk_stage_parameters,
 )
 from medcli.training import TrainConfig, train
+from tests.conftest import synthetic_fold_data
 
 NUM_CLASSES = 3
 REFUSED = ("scratch", "linear", "partial")
@@ -150,10 +149,7 @@ def test_layer_decay_must_be_in_zero_one(models, bad):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("data")
-    data = make_synthetic(root / "d", layout="presplit", n_classes=3, per_class=16, size=32, noise=0.1)
-    split_data(data, root / "splits.json", folds=0, seed=0)
-    return data, root / "splits.json"
+    return synthetic_fold_data(tmp_path_factory.mktemp("data"), per_class=16, folds=0)
 
 
 def _cfg(dataset, tmp_path: Path, name: str, **kw) -> TrainConfig:

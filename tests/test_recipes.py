@@ -15,26 +15,22 @@ from typer.testing import CliRunner
 
 from medcli import paths
 from medcli.cli import app
-from medcli.data.synth import make_synthetic
 from medcli.errors import MedcliError
 from medcli.models import create_model
 from medcli.runs import read_predictions
-from medcli.splits import split_data
 from medcli.training import TrainConfig, train
 from medcli.training import config as schema_lib
 from medcli.training.averaging import WeightAverage, ema_decay
 from medcli.training.loop import build_optimizer, lr_schedule, val_metrics
 from medcli.training.recipes import Recipe, get_recipe, list_recipes, register_recipe
+from tests.conftest import synthetic_fold_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("data")
-    data = make_synthetic(root / "d", layout="presplit", n_classes=3, per_class=30, size=32, noise=0.1)
-    split_data(data, root / "splits.json", folds=2, seed=0)
-    return data, root / "splits.json"
+    return synthetic_fold_data(tmp_path_factory.mktemp("data"), per_class=30, folds=2)
 
 
 def _settings(dataset, tmp_path, **kw) -> dict:
@@ -242,6 +238,7 @@ def test_a_run_file_re_runs_with_its_recipe_and_data_derived_values_derived_agai
 
 def test_the_default_auc_monitor_falls_back_to_loss_on_a_single_class_validation_part(tmp_path):
     from medcli.data.synth import make_synthetic as synth
+    from medcli.splits import split_data
 
     data = synth(tmp_path / "d", layout="imagefolder", n_classes=2, per_class=12, size=32, noise=0.1)
     doc_path = tmp_path / "splits.json"
