@@ -139,11 +139,6 @@ def class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     return weights.float()
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):
-    """LR multiplier: linear warm-up from 1% to 100%, then cosine decay to ``min_ratio``."""
-    return lr_schedule("cosine", total_steps, warmup_steps, min_ratio)
-
-
 STEP_MILESTONES, STEP_GAMMA = (0.5, 0.75), 0.1  # MedMNIST v2 (MultiStepLR at 50 and 75 of 100 epochs), ResNet (He et al.)
 
 
@@ -555,9 +550,10 @@ def _one_epoch(run: Run, feed: Feed, prepared, optimizer, scheduler, stopper: Ea
                                 run.average)
     validated = prepared if run.average is None else run.average.counterpart(feed.net)  # the weights that are selected and saved
     stats.update(val_metrics(predict(validated, run.val_loader, feed.val, accelerator), run.val_labels))
-    score = float(epoch) if cfg.monitor == "last" else stats[history_column(cfg.monitor)]  # last: every epoch is the newest
-    improved = stopper.update(score, epoch, run.model if run.average is None else run.average.averaged())
-    row = {"epoch": epoch + 1, "phase": phase.name, **stats, "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - t0}
+    row = {"epoch": epoch + 1, "phase": phase.name, **stats, "lr": optimizer.param_groups[-1]["lr"]}
+    # the monitored column of the row (monitor last: the epoch itself, so every epoch is the newest best)
+    improved = stopper.update(float(row[history_column(cfg.monitor)]), epoch, run.model if run.average is None else run.average.averaged())
+    row["seconds"] = time.perf_counter() - t0
     return row, improved
 
 
