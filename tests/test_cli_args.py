@@ -139,6 +139,50 @@ def test_eval_external_data_with_every_option(fake, tmp_path):
     assert isinstance(evaluate.only_call["data"], Path)
 
 
+def test_eval_several_runs_calls_evaluate_run_once_per_run_with_the_same_options(fake, tmp_path):
+    evaluate = fake("medcli.evaluation.runner:evaluate_run", returns=lambda run_dir, **_: {"test": {"run": str(run_dir)}})
+    render = fake("medcli.evaluation.runner:render")
+    a, b = tmp_path / "cnn__full" / "seed0" / "fold1", tmp_path / "cnn__full" / "seed0" / "fold2"
+    out = invoke("eval", str(a), str(b), "--split", "all", "--bootstrap", "0", "--seed", "3", "--no-figures", "--alias", "NA=normal")
+    options = {"split": "all", "tta": False, "data": None, "name": None, "aliases": {"NA": "normal"}, "skip_bad": False,
+               "n_bootstrap": 0, "seed": 3, "figures": False}
+    assert evaluate.calls == [{"run_dir": a, **options}, {"run_dir": b, **options}]
+    assert [c["results"] for c in render.calls] == [{"test": {"run": str(a)}}, {"test": {"run": str(b)}}]
+    assert out.index(f"== {a}") < out.index(f"written under {a}") < out.index(f"== {b}") < out.index(f"written under {b}")
+
+
+def test_eval_several_runs_a_failing_run_does_not_stop_the_others(fake, tmp_path):
+    from medcli.errors import MedcliError
+
+    def outcome(run_dir, **_):
+        if run_dir.name == "bad":
+            raise MedcliError(f"{run_dir}: not a run folder")
+        if run_dir.name == "bug":
+            raise ZeroDivisionError("division by zero")
+        return {"test": {}}
+
+    evaluate = fake("medcli.evaluation.runner:evaluate_run", returns=outcome)
+    render = fake("medcli.evaluation.runner:render")
+    bad, good, bug = tmp_path / "bad", tmp_path / "good", tmp_path / "bug"
+    result = runner.invoke(app, ["eval", str(bad), str(good), str(bug), "--bootstrap", "0"])
+    assert result.exit_code == 1, result.output
+    assert [c["run_dir"] for c in evaluate.calls] == [bad, good, bug] and len(render.calls) == 1
+    lines = result.output.splitlines()
+    assert f"error: {bad}: not a run folder" in lines
+    assert f"error: {bug}: unexpected ZeroDivisionError: division by zero (traceback in the log)" in lines
+    assert f"error: 2 of 3 runs failed: {bad}, {bug}" == lines[-1]
+    assert f"metrics and predictions written under {good}" in lines
+    # the bug's traceback is in the log (stderr, the SLURM log), once; the expected error has none
+    assert result.output.count("Traceback (most recent call last)") == 1
+    assert f"{bug}: evaluation failed with an unexpected error" in result.output
+
+
+def test_eval_several_runs_a_bad_option_fails_once_before_any_run(fake, tmp_path):
+    evaluate = fake("medcli.evaluation.runner:evaluate_run", returns={})
+    result = runner.invoke(app, ["eval", str(tmp_path / "a"), str(tmp_path / "b"), "--split", "train"])
+    assert result.exit_code == 1 and result.output.count("--split 'train'") == 1 and evaluate.calls == []
+
+
 # -------------------------------------------------------------------------------------------------- medcli gradcam
 
 

@@ -8,12 +8,13 @@ from typing import Optional
 import typer
 
 from . import _options as opt
-from ._app import app
+from ._app import app, print_error
 
 
 @app.command("eval")
 def eval_cli(
-    run: Path = typer.Argument(..., help="A run folder written by `medcli train`."),
+    run: list[Path] = typer.Argument(..., help="One or more run folders written by `medcli train` (each gets every option).",
+                                   show_default=False),
     split: str = typer.Option("test", "--split", help="test, val or all."),
     tta: bool = typer.Option(False, "--tta", help="Average the predictions of the image and its horizontal flip."),
     data: Optional[Path] = typer.Option(None, "--data", help="External validation: score the run on another dataset (results kept apart)."),
@@ -24,13 +25,31 @@ def eval_cli(
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Write the figures."),
 ) -> None:
-    """Predictions, metrics with bootstrap CIs, calibration and figures for a trained run."""
+    """Predictions, metrics with bootstrap CIs, calibration and figures for trained runs.
+
+    Several runs are evaluated one after the other in this one process; a run that fails is reported in one line, the others are still evaluated, and the exit code is 1.
+    """
     from rich.console import Console
 
-    from ..evaluation.runner import evaluate_run, render
+    from ..evaluation.runner import evaluate_run, evaluate_runs, render
 
     opt.setup()
-    results = evaluate_run(run, split=split, tta=tta, data=data, name=name, aliases=opt.aliases(alias), skip_bad=skip_bad,
-                           n_bootstrap=bootstrap, seed=seed, figures=figures)
-    render(results, Console())
-    typer.echo(f"metrics and predictions written under {run}")
+    options = dict(split=split, tta=tta, data=data, name=name, aliases=opt.aliases(alias), skip_bad=skip_bad,
+                   n_bootstrap=bootstrap, seed=seed, figures=figures)
+    if len(run) == 1:
+        results = evaluate_run(run[0], **options)
+        render(results, Console())
+        typer.echo(f"metrics and predictions written under {run[0]}")
+        return
+    failed = []
+    for run_dir, outcome in evaluate_runs(run, **options):
+        typer.echo(f"== {run_dir}")
+        if isinstance(outcome, str):
+            print_error(outcome)
+            failed.append(str(run_dir))
+            continue
+        render(outcome, Console())
+        typer.echo(f"metrics and predictions written under {run_dir}")
+    if failed:
+        print_error(f"{len(failed)} of {len(run)} runs failed: {', '.join(failed)}")
+        raise typer.Exit(1)

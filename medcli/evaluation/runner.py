@@ -21,12 +21,13 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from .. import paths, runs
-from ..errors import MedcliError
+from ..errors import MedcliError, one_line
 from ..runs import METRICS_FORMAT  # noqa: F401  (re-exported)
 from .bootstrap import bootstrap_ci, headline_metric_fns
 from .calibration import apply_temperature, expected_calibration_error, fit_temperature, softmax, temperature_nll
@@ -212,6 +213,40 @@ def evaluate_run(
     if figures:
         _learning_curves(run)
     return results
+
+
+def evaluate_runs(run_dirs: list[str | os.PathLike], **options) -> Iterator[tuple[str | os.PathLike, dict[str, dict] | str]]:
+    """Evaluate several runs in one process, one after the other, each with the same ``options``.
+
+    ``options`` are the keyword arguments of :func:`evaluate_run` (``split``, ``tta``, ``data``, ``name``,
+    ``aliases``, ``skip_bad``, ``n_bootstrap``, ``seed``, ``figures``); each run is scored by
+    :func:`evaluate_run` and writes exactly what it writes, in its own run folder.
+
+    Yields ``(run_dir, outcome)`` in the order given, as each run finishes: ``outcome`` is the results of
+    :func:`evaluate_run`, or, when that run failed, one line naming the run and the reason. A failed run does not
+    stop the others: a :class:`MedcliError` (e.g. a folder that is not a run) gives its message; any other
+    exception is logged with its traceback (``logging.getLogger("medcli")``) and gives its type and message.
+    ``KeyboardInterrupt`` is not caught. ``list(evaluate_runs(...))`` gives every outcome.
+
+    Raises :class:`MedcliError`, before any run is evaluated, for an unknown ``split`` or a bad external
+    ``name``, which would make every run fail alike.
+    """
+    if options.get("split", "test") not in SPLITS:
+        raise MedcliError(f"--split {options['split']!r}: choose one of {', '.join(SPLITS)}")
+    if options.get("data") is not None:
+        _external_name(options.get("name"), options["data"])
+    for k, run_dir in enumerate(run_dirs, 1):
+        log.info("evaluating run %d of %d: %s", k, len(run_dirs), run_dir)
+        try:
+            outcome: dict[str, dict] | str = evaluate_run(run_dir, **options)
+        except MedcliError as exc:
+            message = one_line(exc, limit=1000)
+            named = message.startswith((f"{run_dir}:", f"{run_dir}{os.sep}"))  # e.g. "RUN: not a run folder", "RUN/config.json: ..."
+            outcome = message if named else f"{run_dir}: {message}"
+        except Exception as exc:  # a bug: keep its traceback in the log, evaluate the other runs
+            log.exception("%s: evaluation failed with an unexpected error", run_dir)
+            outcome = f"{run_dir}: unexpected {type(exc).__name__}: {one_line(exc)} (traceback in the log)"
+        yield run_dir, outcome
 
 
 def _validation_scores(run: runs.Run, model, own: _OwnData, tta: bool) -> tuple["pd.DataFrame", np.ndarray, np.ndarray]:
