@@ -283,6 +283,24 @@ def checkpoint_file(work_run: str | os.PathLike) -> str:
     return _join(work_run, CHECKPOINT_FILE)
 
 
+def finished_copy_dir(work_run: str | os.PathLike) -> str:
+    """``<work run>/finished``: hard links to a finished run folder's files, kept by ``medcli train --cells`` until
+    every cell of the call has finished, so a cell finished before another failed (or the job was killed) is
+    restored instead of trained again (see :mod:`medcli.training.cells`)."""
+    return _join(work_run, "finished")
+
+
+def batch_settings_file(work: str | os.PathLike, dataset: str, batch: str, part: str) -> str:
+    """What a workflow training batch hands to ``medcli train``: ``part`` ``common`` (the ``--config`` file of the
+    settings its cells share) or ``cells`` (the ``--cells`` list of what differs)."""
+    return _join(work, dataset, "batches", f"{batch}.{part}.json")
+
+
+def batch_log_file(logs: str | os.PathLike, dataset: str, batch: str) -> str:
+    """The log of a whole training batch (each cell also has its own ``log_file(logs, "train", ...)``)."""
+    return _join(logs, "train", dataset, "batches", f"{batch}.log")
+
+
 def id_salt_file(cache: str | os.PathLike) -> str:
     """``<cache>/id-salt``: the secret salt of DICOM identifier hashes (mode 0600; see medcli.data.layouts.id_salt)."""
     return _join(cache, "id-salt")

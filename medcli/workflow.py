@@ -131,6 +131,73 @@ def expand_grid(config: dict) -> Grid:
     return grid
 
 
+#: Training cells per workflow job when ``resources.cells_per_job`` is not set (see :func:`plan_batches`).
+DEFAULT_CELLS_PER_JOB = 15  # 3 seeds x 5 folds, a common protocol: one configuration per job
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Training cells of one configuration (dataset x backbone x strategy) that one workflow job trains in one
+    process (``medcli train --cells``): one SLURM job, one start-up, one rule."""
+
+    dataset: str
+    backbone: str
+    strategy: str
+    index: int  # 0, 1, ... within the configuration
+    cells: tuple[Cell, ...]
+
+    @property
+    def name(self) -> str:
+        """``<backbone>__<strategy>/batch-<index>``: the batch's settings and log files, under its dataset."""
+        return f"{paths.run_name(self.backbone, self.strategy)}/batch-{self.index}"
+
+    @property
+    def rule(self) -> str:
+        """The Snakemake rule name: ``train__<dataset>__<backbone>__<strategy>__<index>`` as an identifier."""
+        import re
+
+        return "train__" + "__".join(re.sub(r"\W+", "_", str(part)) for part in (self.dataset, self.backbone, self.strategy, self.index))
+
+
+def cells_per_job(config: dict) -> int:
+    """``resources.cells_per_job`` (default :data:`DEFAULT_CELLS_PER_JOB`)."""
+    return int((config.get("resources") or {}).get("cells_per_job") or DEFAULT_CELLS_PER_JOB)
+
+
+def cells_per_gpu(config: dict) -> int:
+    """``resources.cells_per_gpu``: cells training at the same time inside one job (default 1)."""
+    return int((config.get("resources") or {}).get("cells_per_gpu") or 1)
+
+
+def plan_batches(grid: Grid, per_job: int) -> list[Batch]:
+    """The grid's training cells in jobs of at most ``per_job`` cells, each job one configuration's cells in order
+    (seed, then fold).
+
+    A configuration's cells are cut into consecutive chunks of ``per_job``: adding seeds or configurations to a
+    config leaves the earlier batches as they were (so Snakemake does not train their cells again), and one job
+    never mixes datasets or models. Rule names are unique (a :class:`MedcliError` otherwise: two names that differ
+    only in punctuation).
+    """
+    if per_job < 1:
+        raise MedcliError(f"config key resources.cells_per_job {per_job}: must be at least 1")
+    groups: dict[tuple[str, str, str], list[Cell]] = {}
+    for cell in grid.cells:
+        groups.setdefault((cell.dataset, cell.backbone, cell.strategy), []).append(cell)
+    batches = []
+    for (dataset, backbone, strategy), cells in groups.items():
+        cells.sort(key=lambda c: (c.seed, c.fold))
+        for index, start in enumerate(range(0, len(cells), per_job)):
+            batches.append(Batch(dataset, backbone, strategy, index, tuple(cells[start:start + per_job])))
+    rules: dict[str, Batch] = {}
+    for batch in batches:
+        if batch.rule in rules:
+            other = rules[batch.rule]
+            raise MedcliError(f"datasets/backbones/strategies {other.dataset}/{other.backbone}/{other.strategy} and "
+                              f"{batch.dataset}/{batch.backbone}/{batch.strategy} give the same workflow rule name; rename one")
+        rules[batch.rule] = batch
+    return batches
+
+
 def _scope_settings(config: dict, dataset: str, backbone: str, strategy: str) -> dict[str, Any]:
     """The ``train:`` settings of one configuration: global < dataset < backbone < strategy (checked)."""
     spec = config["datasets"][dataset]
@@ -183,6 +250,18 @@ def job_settings(settings: dict[str, Any], *, data: str, name: str, weights: str
         body["splits"] = str(splits)
     check_keys(body)
     return json.dumps(body, sort_keys=True)
+
+
+def batch_settings(cells: list[dict[str, Any]]) -> tuple[str, str]:
+    """``(common, cells)``: the JSON texts of a batch job's ``medcli train --config COMMON --cells CELLS`` files, from
+    each cell's settings (as :func:`job_settings` makes them): the settings every cell shares, and per cell the
+    rest (seed, fold, run folder). Both texts together are the job's rerun trigger."""
+    import json
+
+    first = cells[0]
+    common = {k: v for k, v in first.items() if all(k in c and c[k] == v for c in cells[1:])}
+    rest = [{k: v for k, v in c.items() if k not in common} for c in cells]
+    return json.dumps(common, sort_keys=True), json.dumps(rest, sort_keys=True)
 
 
 #: Dataset keys that are also training settings (how images are decoded, how splits are made), passed on when set.

@@ -46,12 +46,16 @@ def test_workflow_runs_through_slurm_with_the_shipped_profile(slurm, tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "MEDCLI_NO_PROGRESS": "1"}
     start = time.strftime("%Y-%m-%dT%H:%M:%S")
     cmd = [sys.executable, "-m", "snakemake", "--profile", str(REPO / "slurm"), "--snakefile", str(REPO / "Snakefile"),
-           "--configfile", "config.yaml", "--default-resources", "runtime=10", "mem_mb=1000", "slurm_account=root"]
+           "--configfile", "config.yaml", "--default-resources", "runtime=10", "mem_mb=1000", "slurm_account=root", "--slurm-keep-successful-logs"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (tmp_path / "results" / "summary.md").stat().st_size > 0
     acct = subprocess.run(["sacct", "-n", "-X", "-S", start, "-o", "JobID,State%20"], capture_output=True, text=True, check=True)
     states = [line.split()[1] for line in acct.stdout.splitlines() if line.strip()]
-    # synth, inspect, split, 2 train and 2 eval jobs went through SLURM; the report ran on the "login node"
-    assert states.count("COMPLETED") >= 7, acct.stdout
-    assert (tmp_path / "logs" / "train" / "tiny").is_dir()
+    # synth, inspect, split, one training and one evaluation job for both cells, and Grad-CAM went through SLURM;
+    # the report ran on the "login node"
+    assert states.count("COMPLETED") >= 6, acct.stdout
+    sbatch_logs = {rule: list((tmp_path / "logs" / "slurm").glob(f"rule_{rule}/**/*.log")) for rule in ("train__tiny__customcnn__scratch__0", "eval__tiny__customcnn__scratch__0")}
+    assert {rule: len(found) for rule, found in sbatch_logs.items()} == {rule: 1 for rule in sbatch_logs}, list((tmp_path / "logs" / "slurm").rglob("*"))
+    for fold in (0, 1):  # each cell has its own log, written by the one training process
+        assert "best epoch" in (tmp_path / "logs" / "train" / "tiny" / "customcnn__scratch" / "seed-0" / f"fold-{fold}.log").read_text()

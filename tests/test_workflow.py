@@ -39,7 +39,11 @@ def test_demo_config_dry_run_builds_the_whole_dag(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     grid = wf.expand_grid(_demo())
-    assert f"train {len(grid.cells):>12}".replace(" ", "") in out.replace(" ", "")
+    batches = wf.plan_batches(grid, wf.cells_per_job(_demo()))
+    assert sum(len(b.cells) for b in batches) == len(grid.cells) == 36 and len(batches) == 6  # 6 configurations x 2 seeds x 3 folds
+    stats = dict(line.split() for line in out[out.index("Job stats:"):].splitlines()[3:] if len(line.split()) == 2)
+    assert {name for name in stats if name.startswith("train__")} == {b.rule for b in batches}
+    assert sum(int(n) for name, n in stats.items() if name.startswith(("train__", "eval__"))) == 2 * len(batches)
     assert "pretrain" in out and "report" in out
 
 

@@ -19,6 +19,7 @@ from ._app import app
 
 # Python parameter names that would shadow a builtin or read badly.
 _PARAM = {"compile": "compile_model"}
+_CELLS = "Several cells in one process"
 _PYTHON_TYPES = {"str": str, "int": int, "float": float, "bool": bool}  # schema kind -> option type
 
 
@@ -45,19 +46,40 @@ def settings_from_options(values: dict) -> dict:
     return given
 
 
-def train_cli(config: Optional[Path] = None, **values) -> None:
-    """Train one model: a backbone with a transfer-learning strategy on one fold and seed.
+def train_cli(config: Optional[Path] = None, cells: Optional[Path] = None, cells_at_once: int = 1, logs: Optional[Path] = None,
+              **values) -> None:
+    """Train one model: a backbone with a transfer-learning strategy on one fold and seed (or, with --cells FILE, several in one process).
 
-    Settings come from the options, else from --config FILE (YAML or JSON with any subset of the settings, or a run's config.json to re-run it), else the defaults shown.
+    Settings come from the options, else from --config FILE (YAML or JSON with any subset of the settings, or a run's config.json to re-run it), else the defaults shown. With --cells, each cell's settings come from its entry in the file, on top of --config and under the options.
     """
-    from ..training import train
-
     opt.setup()
     settings = schema_lib.read_settings(config) if config is not None else {}
-    settings.update(settings_from_options(values))
-    summary = train(schema_lib.from_dict(settings))
-    if summary["main_process"]:
-        typer.echo(f"best epoch {summary['best_epoch']} ({summary['monitor']} {summary['best_score']:.4f}); run folder: {summary['out']}")
+    given = settings_from_options(values)
+    if cells is None:
+        from ..training import train
+
+        summary = train(schema_lib.from_dict({**settings, **given}))
+        if summary["main_process"]:
+            typer.echo(f"best epoch {summary['best_epoch']} ({summary['monitor']} {summary['best_score']:.4f}); run folder: {summary['out']}")
+        return
+    from ..training.cells import train_cells
+
+    entries = schema_lib.read_cells(cells)
+    cfgs = [schema_lib.from_dict({**settings, **entry, **given}, f"{cells}: cell {k + 1}: ") for k, entry in enumerate(entries)]
+    results = train_cells(cfgs, at_once=cells_at_once, logs=logs)
+    _print_cells(results)
+    failed = [r for r in results if not r.ok]
+    if failed:
+        from ..errors import MedcliError
+
+        raise MedcliError(f"{len(failed)} of {len(results)} cells failed: " + "; ".join(f"{r.out}: {r.error}" for r in failed))
+
+
+def _print_cells(results) -> None:
+    """One line per cell: run folder, what happened, best epoch and score, seconds."""
+    for r in results:
+        best = f"best epoch {r.summary['best_epoch']} ({r.summary['monitor']} {r.summary['best_score']:.4f})" if r.summary else r.error
+        typer.echo(f"{r.status:<9} {r.seconds:7.1f} s  {r.out}  {best}")
 
 
 @app.command("recipes")
@@ -87,11 +109,22 @@ def _shown(name: str, value) -> str:
 
 
 def _signature() -> inspect.Signature:
-    params = [inspect.Parameter(
-        "config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
-        default=typer.Option(None, "--config", "-c", help="YAML or JSON file of settings (any subset; a run's config.json re-runs it). "
-                             "Options given on the command line override it.", show_default=False, rich_help_panel=schema_lib.DATA),
-    )]
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [
+        inspect.Parameter("config", keyword, annotation=Optional[Path], default=typer.Option(
+            None, "--config", "-c", help="YAML or JSON file of settings (any subset; a run's config.json re-runs it). "
+            "Options given on the command line override it.", show_default=False, rich_help_panel=schema_lib.DATA)),
+        inspect.Parameter("cells", keyword, annotation=Optional[Path], default=typer.Option(
+            None, "--cells", help="Train several cells (runs) in this process: a YAML or JSON list, each entry what a --config file holds. "
+            "A cell that fails does not stop the others; a rerun after a failure or a kill restores the cells that had finished.",
+            show_default=False, rich_help_panel=_CELLS)),
+        inspect.Parameter("cells_at_once", keyword, annotation=int, default=typer.Option(
+            1, "--cells-at-once", min=1, help="With --cells: how many cells train at the same time, in worker processes sharing "
+            "this job's GPU and CPU threads.", rich_help_panel=_CELLS)),
+        inspect.Parameter("logs", keyword, annotation=Optional[Path], default=typer.Option(
+            None, "--cell-logs", help="With --cells: also write each cell's log to DIR/train/<dataset>/<run>.log (the workflow's logs folder).",
+            show_default=False, rich_help_panel=_CELLS)),
+    ]
     for name, s in schema_lib.schema().items():
         annotation, option = _option(name, s)
         params.append(inspect.Parameter(_PARAM.get(name, name), inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=option))

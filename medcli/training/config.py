@@ -345,24 +345,46 @@ def read_settings(path: str | os.PathLike) -> dict:
     Keys and values are checked (:func:`from_dict` rules). Raises :class:`MedcliError` naming the file when it
     is missing, unreadable, not a mapping, or holds an unknown key or a bad value.
     """
+    return settings_of(_read_document(path), f"{path}: ")
+
+
+def read_cells(path: str | os.PathLike) -> list[dict]:
+    """The cells of a ``medcli train --cells`` file: a YAML or JSON list whose entries are what a ``--config`` file
+    holds (``{setting: value}``, or a run's ``config.json``), one ``{setting: value}`` per cell.
+
+    Raises :class:`MedcliError` naming the file (and the 1-based cell) when it is missing, unreadable, not a
+    non-empty list, or an entry is not a mapping or holds an unknown key or a bad value.
+    """
+    doc = _read_document(path)
+    if not isinstance(doc, list) or not doc:
+        raise MedcliError(f"{path}: expected a non-empty list of cells (each a mapping of training settings), got "
+                          f"{'an empty list' if doc == [] else type(doc).__name__}")
+    return [settings_of(entry, f"{path}: cell {k + 1}: ") for k, entry in enumerate(doc)]
+
+
+def _read_document(path: str | os.PathLike):
     import yaml
 
-    where = f"{path}: "
     try:
         text = Path(path).read_text()
     except OSError as exc:
         raise MedcliError(f"{path}: cannot read the settings file ({exc.strerror or exc})") from None
     try:
-        doc = yaml.safe_load(text)  # YAML is a superset of JSON
+        return yaml.safe_load(text)  # YAML is a superset of JSON
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else "syntax error"
         raise MedcliError(f"{path}: not valid YAML or JSON ({first})") from None
+
+
+def settings_of(doc, where: str = "") -> dict:
+    """``{setting: value}`` from one parsed settings document (a mapping, a run's ``config.json`` or None), checked;
+    ``where`` prefixes each error."""
     if isinstance(doc, dict) and str(doc.get("format", "")).startswith("medcli.run/"):
         doc = run_settings(doc)
     if doc is None:
         return {}
     if not isinstance(doc, dict):
-        raise MedcliError(f"{path}: expected a mapping of training settings (setting: value), got {type(doc).__name__}")
+        raise MedcliError(f"{where}expected a mapping of training settings (setting: value), got {type(doc).__name__}")
     check_keys(doc, where)
     values = {k: check_value(k, v, f"{where}{k}") for k, v in doc.items()}
     check_names(values, where)

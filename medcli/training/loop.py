@@ -74,7 +74,16 @@ def make_accelerator(cfg: TrainConfig):
     if precision == "fp16" and not cuda:
         log.warning("fp16 needs a GPU; training in fp32 on the CPU")
         precision = "fp32"
-    accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision, cpu=not cuda)
+    mixed = "no" if precision == "fp32" else precision
+    try:
+        accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda)
+    except ValueError as exc:  # an earlier cell of this process (medcli train --cells) used another precision
+        if "already been initialized" not in str(exc):
+            raise
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=False)  # keeps the processes (PartialState) as they are
+        accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda)
     return accelerator, precision
 
 

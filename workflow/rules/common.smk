@@ -1,5 +1,6 @@
 # Config validation, the experiment grid and every path pattern, all from medcli itself.
 
+import json
 import os
 
 from snakemake.utils import validate
@@ -73,26 +74,17 @@ def run_dir(wildcards):
 
 
 def dataset_input(wildcards):
-    """A generated dataset (``synth:``) is a rule output; a user's dataset is just a path."""
-    if config["datasets"][wildcards.dataset].get("synth"):
-        return paths.synth_marker(grid_lib.dataset_path(config, wildcards.dataset))
+    """A generated dataset (``synth:``) is made by the workflow; a user's dataset is just a path. ``wildcards``: a
+    job's wildcards, or the dataset name itself."""
+    dataset = wildcards if isinstance(wildcards, str) else wildcards.dataset
+    if config["datasets"][dataset].get("synth"):
+        return paths.synth_marker(grid_lib.dataset_path(config, dataset))
     return []
 
 
-def weights_input(wildcards):
-    cell = cell_of(wildcards)
-    if cell.weights == "pretrained":
-        return paths.model_file(paths.run_dir(RESULTS, grid_lib.PRETRAIN_DATASET, backbone_of(wildcards), "scratch", 0, 0))
-    if cell.weights == "imagenet":
-        return paths.weights_marker(WORK, backbone_of(wildcards))
-    return []
-
-
-def weights_arg(wildcards, input):
-    cell = cell_of(wildcards)
-    if cell.weights == "pretrained":
-        return input.weights
-    return cell.weights
+def cell_log(cell):
+    """A training cell's own log (medcli.training.cells.cell_log_file writes it)."""
+    return paths.log_file(LOGS, "train", cell.dataset, paths.run_key(cell.backbone, cell.strategy, cell.seed, cell.fold))
 
 
 # One process, or one per GPU (data parallel). torchrun --standalone rendezvouses on a free local port, so
@@ -170,10 +162,54 @@ def all_gradcam():
     ]
 
 
-def train_job_settings(wildcards, input):
-    """The `medcli train --config` text of one cell (also the job's rerun trigger)."""
-    cell = cell_of(wildcards)
-    return grid_lib.job_settings(
-        grid_lib.train_settings(config, cell), data=grid_lib.dataset_path(config, wildcards.dataset), name=wildcards.dataset,
-        weights=weights_arg(wildcards, input), splits=input.splits, out=run_dir(wildcards), results=RESULTS, work=WORK, cache=CACHE,
-    )
+##### batches of grid cells (rules/train.smk, rules/eval.smk) #####
+
+BATCHES = grid_lib.plan_batches(GRID, grid_lib.cells_per_job(config))
+CELLS_AT_ONCE = grid_lib.cells_per_gpu(config)
+
+
+def train_outputs(cell):
+    run = paths.run_dir(RESULTS, cell.dataset, cell.backbone, cell.strategy, cell.seed, cell.fold)
+    return [paths.model_file(run), paths.config_file(run), paths.history_file(run), paths.predictions_file(run, "val")]
+
+
+def batch_weights(batch):
+    """(input files, `weights` setting) of a batch: its cells share backbone and strategy, so their weights."""
+    weights = batch.cells[0].weights
+    if weights == "pretrained":
+        model = paths.model_file(paths.run_dir(RESULTS, grid_lib.PRETRAIN_DATASET, batch.backbone, "scratch", 0, 0))
+        return [model], model
+    if weights == "imagenet":
+        return [paths.weights_marker(WORK, batch.backbone)], weights
+    return [], weights
+
+
+def batch_texts(batch):
+    """The `--config` and `--cells` texts of a batch job (medcli.workflow.batch_settings)."""
+    _, weights = batch_weights(batch)
+    return grid_lib.batch_settings([
+        json.loads(grid_lib.job_settings(
+            grid_lib.train_settings(config, cell), data=grid_lib.dataset_path(config, cell.dataset), name=cell.dataset,
+            weights=weights, splits=paths.splits_file(RESULTS, cell.dataset), results=RESULTS, work=WORK, cache=CACHE,
+            out=paths.run_dir(RESULTS, cell.dataset, cell.backbone, cell.strategy, cell.seed, cell.fold),
+        ))
+        for cell in batch.cells
+    ])
+
+
+def batch_runtime(stage, batch, at_once):
+    """Minutes: the stage's `runtime` per cell, for the cells one worker takes in turn, times the attempt."""
+    per_cell = int(resources_of(stage)["runtime"])
+    turns = -(-len(batch.cells) // at_once)
+    return lambda wildcards, attempt: per_cell * turns * attempt
+
+
+def batch_mem_mb():
+    """`resources.train.mem_mb` per cell training at once, times the attempt."""
+    per_cell = int(resources_of("train")["mem_mb"])
+    return lambda wildcards, attempt: per_cell * CELLS_AT_ONCE * attempt
+
+
+def eval_outputs(cell):
+    run = paths.run_dir(RESULTS, cell.dataset, cell.backbone, cell.strategy, cell.seed, cell.fold)
+    return [paths.predictions_file(run, "test"), paths.metrics_file(run, "test"), paths.metrics_file(run, "val")]

@@ -1,29 +1,31 @@
 # Evaluation: predictions, metrics with bootstrap CIs, calibration and figures for the validation fold and
-# the test set of every trained model.
+# the test set of every trained model. One job per training batch (rules/train.smk), evaluating its cells'
+# runs in one process (`medcli eval RUN...`), so evaluation does not flood a cluster with one job per cell either.
 
 
-rule eval:
-    input:
-        model=paths.model_file(RUN),
-        val=paths.predictions_file(RUN, "val"),
-    output:
-        test=paths.predictions_file(RUN, "test"),
-        test_metrics=paths.metrics_file(RUN, "test"),
-        val_metrics=paths.metrics_file(RUN, "val"),
-    params:
-        run=run_dir,
-        args=eval_args(),
-        rerun=RERUN,
-    log:
-        paths.log_file(LOGS, "eval", "{dataset}", RUN_NAME),
-    benchmark:
-        paths.benchmark_file(LOGS, "eval", "{dataset}", RUN_NAME)
-    threads: resources_of("eval")["threads"]
-    resources:
-        mem_mb=mem_mb("eval"),
-        runtime=runtime("eval"),
-    retries: config["retries"]
-    conda:
-        "../envs/medcli.yaml"
-    shell:
-        "OMP_NUM_THREADS={threads} medcli eval {params.run:q} --split all {params.args} > {log:q} 2>&1"
+for batch in BATCHES:
+
+    rule:
+        name:
+            batch.rule.replace("train__", "eval__", 1)
+        input:
+            [f for cell in batch.cells for f in train_outputs(cell)],
+        output:
+            [f for cell in batch.cells for f in eval_outputs(cell)],
+        params:
+            runs=[paths.run_dir(RESULTS, c.dataset, c.backbone, c.strategy, c.seed, c.fold) for c in batch.cells],
+            args=eval_args(),
+            rerun=RERUN,
+        log:
+            paths.log_file(LOGS, "eval", batch.dataset, batch.name),
+        benchmark:
+            paths.benchmark_file(LOGS, "eval", batch.dataset, batch.name)
+        threads: resources_of("eval")["threads"]
+        resources:
+            mem_mb=mem_mb("eval"),
+            runtime=batch_runtime("eval", batch, at_once=1),
+        retries: config["retries"]
+        conda:
+            "../envs/medcli.yaml"
+        shell:
+            "OMP_NUM_THREADS={threads} medcli eval {params.runs:q} --split all {params.args} > {log:q} 2>&1"
