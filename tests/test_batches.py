@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -47,3 +48,16 @@ def test_channels_last_output():
     x = to_model_input(pixels, torch.zeros(3), torch.ones(3), channels_last=True)
     assert x.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(x, pixels.float() / 255)
+
+
+def test_an_image_set_moved_to_a_device_gathers_batches_there_and_the_cpu_keeps_its_own():
+    from medcli.training.batches import ImageSet, keep_on_device
+
+    images = np.random.default_rng(0).integers(0, 256, (6, 4, 4, 1), dtype=np.uint8)
+    part = ImageSet(images, rows=np.array([4, 1, 3]), labels=np.array([0, 1, 0]), ids=["e", "b", "d"])
+    want = torch.from_numpy(images[[3, 4]]).permute(0, 3, 1, 2)
+    assert torch.equal(part.pixels(torch.tensor([2, 0])), want) and part.device.type == "cpu"
+    assert not keep_on_device(part, torch.device("cpu"))  # only a GPU is worth it
+    part.to(torch.device("meta"))  # a device other than the CPU (no GPU here): batches are gathered on it
+    got = part.pixels(torch.tensor([2, 0]))
+    assert got.device.type == "meta" and got.shape == want.shape and got.dtype == torch.uint8

@@ -167,6 +167,11 @@ def test_big_grid_dry_run_is_quick(tmp_path):
     assert len(wf.expand_grid(config).cells) == 600
     proc = _snakemake(tmp_path, "-n", "--cores", "1", "--quiet", config=config, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    stats = dict(line.split() for line in out[out.index("Job stats:"):].splitlines()[3:] if len(line.split()) == 2)
+    # one training and one evaluation job per configuration (3 seeds x 5 folds = 15 cells each), not one per cell
+    assert sum(int(n) for name, n in stats.items() if name.startswith("train__")) == 40
+    assert sum(int(n) for name, n in stats.items() if name.startswith("eval__")) == 40
 
 
 @pytest.mark.slow
@@ -246,3 +251,40 @@ def test_the_demo_grid_keeps_its_transfer_cells():
     assert not grid.skipped
     assert {(c.backbone, c.strategy) for c in grid.cells} == {(b, s) for b in ("customcnn", "resnet18") for s in ("scratch", "linear", "full")}
     assert len(grid.cells) == 2 * 3 * 2 * 3
+
+
+def _cells_of(batches):
+    return [[(c.dataset, c.backbone, c.strategy, c.seed, c.fold) for c in b.cells] for b in batches]
+
+
+def test_batches_hold_one_configuration_each_and_stay_put_when_seeds_are_added():
+    config = _demo()
+    grid = wf.expand_grid(config)
+    batches = wf.plan_batches(grid, 4)
+    assert sorted(cell for b in _cells_of(batches) for cell in b) == sorted((c.dataset, c.backbone, c.strategy, c.seed, c.fold) for c in grid.cells)
+    assert all(len({(c.backbone, c.strategy) for c in b.cells}) == 1 and 1 <= len(b.cells) <= 4 for b in batches)
+    assert [len(b.cells) for b in batches if b.backbone == "resnet18" and b.strategy == "full"] == [4, 2]  # 2 seeds x 3 folds
+    assert len({b.rule for b in batches}) == len(batches) and all(b.rule.isidentifier() for b in batches)
+    config["seeds"] = [0, 1, 2]
+    more = wf.plan_batches(wf.expand_grid(config), 4)
+    # the batches that existed hold the same cells (no retraining of what was trained), or more only at their end
+    for old in batches:
+        new = next(b for b in more if b.rule == old.rule)
+        assert _cells_of([new])[0][:len(old.cells)] == _cells_of([old])[0]
+    with pytest.raises(MedcliError, match="cells_per_job 0"):
+        wf.plan_batches(grid, 0)
+
+
+def test_batch_settings_split_what_cells_share_from_what_they_do_not():
+    common, cells = wf.batch_settings([{"lr": 0.1, "fold": 0, "out": "a"}, {"lr": 0.1, "fold": 1, "out": "b"}])
+    assert json.loads(common) == {"lr": 0.1}
+    assert json.loads(cells) == [{"fold": 0, "out": "a"}, {"fold": 1, "out": "b"}]
+
+
+def test_two_configurations_with_one_rule_name_are_refused():
+    config = _demo()
+    config["backbones"] = {"resnet18": {}}
+    config["strategies"] = {"two-phase": {}, "two_phase": {}}
+    grid = wf.Grid(cells=[wf.Cell("demo", "resnet18", s, 0, 0, "none") for s in ("two-phase", "two_phase")])
+    with pytest.raises(MedcliError, match="same workflow rule name"):
+        wf.plan_batches(grid, 15)

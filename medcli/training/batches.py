@@ -14,6 +14,7 @@ import torch
 from ..preprocess import AugmentSettings, affine_grid, random_affine, to_model_input  # noqa: F401  (shared with evaluation and gradcam)
 
 PRELOAD_LIMIT_BYTES = 2 * 1024**3  # folds smaller than this are copied to RAM once; larger ones are read from the memory map
+GPU_SHARE = 0.25  # a fold's images are kept on the GPU when they take at most this share of its free memory
 
 
 class ImageSet:
@@ -36,18 +37,42 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def nbytes(self) -> int:
+        return len(self.rows) * int(np.prod(self._images.shape[1:]))
+
+    def to(self, device: torch.device) -> "ImageSet":
+        """Keep the images on ``device`` from now on (on a GPU, a batch is then gathered there, without a copy from
+        the host per step); images read from the memory map stay where they are. Returns ``self``."""
+        if not self._mapped:
+            self._images = self._images.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu") if self._mapped else self._images.device
+
     def pixels(self, positions: torch.Tensor) -> torch.Tensor:
-        """uint8 images ``(B, C, H, W)`` at ``positions`` (on the CPU)."""
-        pos = positions.cpu()
-        if self._mapped:
-            rows = self.rows[pos.numpy()]
-            order = np.argsort(rows)
-            batch = np.empty((len(rows), *self._images.shape[1:]), np.uint8)
-            batch[order] = self._images[rows[order]]  # sorted reads are sequential on disk
-            out = torch.from_numpy(batch)
-        else:
-            out = self._images[pos]
-        return out.permute(0, 3, 1, 2)
+        """uint8 images ``(B, C, H, W)`` at ``positions``, on :attr:`device`."""
+        if not self._mapped:
+            return self._images[positions.to(self._images.device)].permute(0, 3, 1, 2)
+        rows = self.rows[positions.cpu().numpy()]
+        order = np.argsort(rows)
+        batch = np.empty((len(rows), *self._images.shape[1:]), np.uint8)
+        batch[order] = self._images[rows[order]]  # sorted reads are sequential on disk
+        return torch.from_numpy(batch).permute(0, 3, 1, 2)
+
+
+def keep_on_device(images: ImageSet, device: torch.device) -> bool:
+    """Move ``images`` to ``device`` when it is a GPU and they take at most :data:`GPU_SHARE` of its free memory
+    (the training part of chest CT at 224 px, 92 MB, does on any GPU); whether they moved."""
+    if device.type != "cuda" or images.device.type != "cpu" or images._mapped:
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    if images.nbytes > GPU_SHARE * free:
+        return False
+    images.to(device)
+    return True
 
 
 def normalization(pretrained: bool, backbone_mean, backbone_std, channels: int, train_images: ImageSet | None = None) -> tuple[list[float], list[float]]:

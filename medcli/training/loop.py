@@ -35,7 +35,7 @@ from ..errors import MedcliError
 from ..inference import infer
 from ..runs import history_column
 from ..preprocess import AugmentSettings, to_model_input
-from .batches import ImageSet, index_loader, normalization
+from .batches import ImageSet, index_loader, keep_on_device, normalization
 from .config import MONITORS, TrainConfig, resolve, resolve_budget, work_dir
 from .early_stopping import EarlyStopping
 from .resume import resume_state, save_checkpoint
@@ -488,6 +488,8 @@ def choose_inputs(cfg: TrainConfig, fold: Fold, model, plan, mean, std, accelera
     if trains_head_only(model, plan):
         log.info("feature cache not used: %s", problem)
     augment = AugmentSettings(cfg.augment, cfg.hflip, cfg.rotate, cfg.zoom, cfg.shift)
+    if keep_on_device(fold.train, device) and keep_on_device(fold.val, device):
+        log.info("the fold's images are kept on %s", device)
     return Feed(model, image_inputs(fold.train, norm, device, augment=augment, channels_last=cfg.channels_last),
                 image_inputs(fold.val, norm, device, channels_last=cfg.channels_last), {"used": False, "reason": problem})
 
