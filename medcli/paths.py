@@ -214,6 +214,11 @@ def model_file(run: str | os.PathLike) -> str:
     return _join(run, MODEL_FILE)
 
 
+def training_outputs(run: str | os.PathLike) -> list[str]:
+    """The files ``medcli train`` writes in a run folder (what a workflow training job declares as outputs)."""
+    return [model_file(run), config_file(run), history_file(run), predictions_file(run, "val")]
+
+
 def predictions_file(run: str | os.PathLike, split: str) -> str:
     return _join(run, "predictions", f"{split}.csv")
 

@@ -153,10 +153,11 @@ def test_the_rerun_of_a_killed_process_completes_only_what_was_missing(data, tmp
     env = {**os.environ, "MEDCLI_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "medcli", "train", "--cells", str(file)]
     first = Path(paths.run_dir(root / "results", "d", "customcnn", "scratch", 0, 0))
+    kept = Path(paths.finished_copy_dir(paths.work_dir(root / "work", "d", "customcnn", "scratch", 0, 0))) / "cell.json"
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (first / "config.json").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    while not kept.exists() and proc.poll() is None and time.time() < deadline:  # the first cell has finished
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (first / "config.json").exists(), "the first cell should have finished before the kill"

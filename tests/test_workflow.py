@@ -288,3 +288,39 @@ def test_two_configurations_with_one_rule_name_are_refused():
     grid = wf.Grid(cells=[wf.Cell("demo", "resnet18", s, 0, 0, "none") for s in ("two-phase", "two_phase")])
     with pytest.raises(MedcliError, match="same workflow rule name"):
         wf.plan_batches(grid, 15)
+
+
+@pytest.mark.slow
+def test_a_killed_workflow_reruns_only_the_cells_that_had_not_finished(tmp_path):
+    """kill -9 of snakemake and its training job while the second of three cells of one batch trains: after
+    `--unlock`, the rerun restores the finished cell (the very files) and trains the other two."""
+    import signal
+    import time
+
+    config = yaml.safe_load(TINY.read_text())
+    config["datasets"]["tiny"]["folds"] = 3
+    config["train"]["epochs"] = 40
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "MEDCLI_NO_PROGRESS": "1"}
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--configfile", "config.yaml", "--cores", "1"]
+    kept = tmp_path / paths.finished_copy_dir(paths.work_dir("work", "tiny", "customcnn", "scratch", 0, 0)) / "cell.json"
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not kept.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # snakemake and the medcli process it started
+    proc.wait()
+    assert kept.exists(), "the first cell should have finished before the kill"
+    first = tmp_path / paths.run_dir("results", "tiny", "customcnn", "scratch", 0, 0)
+    inode = (first / "model.pt").stat().st_ino
+    third = tmp_path / paths.run_dir("results", "tiny", "customcnn", "scratch", 0, 2)
+    assert not (third / "model.pt").exists()
+
+    assert _snakemake(tmp_path, "--unlock").returncode == 0
+    again = _snakemake(tmp_path, "--cores", "2", "--rerun-incomplete")
+    assert again.returncode == 0, again.stderr[-4000:]
+    log = (tmp_path / paths.batch_log_file("logs", "tiny", "customcnn__scratch/batch-0")).read_text()
+    statuses = [line.split()[0] for line in log.splitlines() if line.split()[:1] in (["restored"], ["trained"], ["failed"])]
+    assert statuses == ["restored", "trained", "trained"], log[-3000:]
+    assert (first / "model.pt").stat().st_ino == inode  # not trained again
+    assert (third / "model.pt").is_file() and (tmp_path / "results" / "summary.md").is_file()

@@ -123,12 +123,14 @@ def train_cell(cfg: TrainConfig, *, logs: str | None = None, tag: str = "") -> C
 
 
 def keep_finished(cfg: TrainConfig) -> None:
-    """Hard-link the files of ``cfg``'s finished run folder into ``<work run>/finished`` (copies where the file
-    system has no hard links), with a ``cell.json`` naming the settings key, written aside and renamed."""
+    """Hard-link the files training wrote in ``cfg``'s run folder (:func:`medcli.paths.training_outputs`; not what
+    evaluation added) into ``<work run>/finished`` (copies where the file system has no hard links), with a
+    ``cell.json`` naming the settings key, written aside and renamed."""
     final = Path(paths.finished_copy_dir(work_dir(cfg)))
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    _link_tree(Path(cfg.out), tmp)
+    out = Path(cfg.out)
+    _link_files(out, tmp, [Path(f).relative_to(out) for f in paths.training_outputs(out)])
     write_json(tmp / CELL_MARKER, {"key": cfg.key(), "out": os.path.abspath(cfg.out)})
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -147,11 +149,13 @@ def restore_finished(cfg: TrainConfig) -> dict | None:
     if mark.get("key") != cfg.key() or mark.get("out") != os.path.abspath(cfg.out):
         log.info("finished copy %s is of other settings: training again", copy)
         return None
+    if not all(Path(f).is_file() for f in paths.training_outputs(copy)):
+        return None
     doc = read_json(paths.config_file(copy))
     if (doc.get("splits_fingerprint"), doc.get("data_fingerprint")) != _current_fingerprints(cfg):
         log.info("finished copy %s was trained on other data or splits: training again", copy)
         return None
-    _link_tree(copy, Path(cfg.out), skip={CELL_MARKER})
+    _link_files(copy, Path(cfg.out), [Path(f).relative_to(copy) for f in paths.training_outputs(copy)])
     return doc.get("summary")
 
 
@@ -171,11 +175,11 @@ def _current_fingerprints(cfg: TrainConfig) -> tuple[str, str]:
     return splits_fingerprint(doc), doc["dataset"]["fingerprint"]
 
 
-def _link_tree(src: Path, dst: Path, skip: frozenset[str] | set[str] = frozenset()) -> None:
-    """Every file under ``src`` at the same place under ``dst``, hard-linked (copied across file systems); each
-    file is put in place by a rename, so a reader never sees half a file."""
-    for path in sorted(p for p in src.rglob("*") if p.is_file() and p.name not in skip and ".tmp" not in p.name):
-        target = dst / path.relative_to(src)
+def _link_files(src: Path, dst: Path, names: list[Path]) -> None:
+    """Each of ``names`` (relative paths) from ``src`` at the same place under ``dst``, hard-linked (copied across
+    file systems); each file is put in place by a rename, so a reader never sees half a file."""
+    for name in names:
+        path, target = src / name, dst / name
         if target.exists() and os.path.samefile(path, target):
             continue  # already this very file (and rename() between two links of one file does nothing)
         target.parent.mkdir(parents=True, exist_ok=True)

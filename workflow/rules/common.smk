@@ -169,8 +169,7 @@ CELLS_AT_ONCE = grid_lib.cells_per_gpu(config)
 
 
 def train_outputs(cell):
-    run = paths.run_dir(RESULTS, cell.dataset, cell.backbone, cell.strategy, cell.seed, cell.fold)
-    return [paths.model_file(run), paths.config_file(run), paths.history_file(run), paths.predictions_file(run, "val")]
+    return paths.training_outputs(paths.run_dir(RESULTS, cell.dataset, cell.backbone, cell.strategy, cell.seed, cell.fold))
 
 
 def batch_weights(batch):
