@@ -101,14 +101,19 @@ def job_seconds(folder: Path, stages=("train", "eval")) -> tuple[float, int]:
     return total, n
 
 
-def training_seconds(folder: Path) -> float:
-    return sum(json.loads(p.read_text())["summary"]["train_seconds"] for p in (folder / "results").rglob("runs/*/seed-*/fold-*/config.json"))
+def cell_runs(folder: Path, config: dict) -> list[Path]:
+    """The run folders of the grid's cells (not the demo's pretraining runs)."""
+    return [run for d in config["datasets"] for run in sorted((folder / "results" / d).glob("runs/*/seed-*/fold-*"))]
 
 
-def fingerprint(folder: Path) -> dict[str, bytes]:
+def training_seconds(folder: Path, config: dict) -> float:
+    return sum(json.loads((run / "config.json").read_text())["summary"]["train_seconds"] for run in cell_runs(folder, config))
+
+
+def fingerprint(folder: Path, config: dict) -> dict[str, bytes]:
     """Per cell: validation predictions and test metrics (with their bootstrap CIs), the bytes."""
     out = {}
-    for run in (folder / "results").rglob("runs/*/seed-*/fold-*"):
+    for run in cell_runs(folder, config):
         rel = str(run.relative_to(folder / "results"))
         out[rel] = (run / "predictions" / "val.csv").read_bytes() + (run / "metrics" / "test.json").read_bytes()
     return out
@@ -151,10 +156,10 @@ def main() -> None:
         snakemake(folder, env, cores, upstream_targets(cfg), extra)
         wall, out = snakemake(folder, env, cores, cell_targets(cfg), extra)
         jobs_s, jobs = job_seconds(folder)
-        train_s = training_seconds(folder)
+        train_s = training_seconds(folder, cfg)
         results[label] = {"resources": resources, "wall_s": wall, "cells": n_cells, "cells_per_hour": n_cells / wall * 3600,
                           "jobs": jobs, "job_seconds": jobs_s, "training_seconds": train_s, "overhead_per_cell_s": (jobs_s - train_s) / n_cells}
-        prints[label] = fingerprint(folder)
+        prints[label] = fingerprint(folder, cfg)
         print(f"{label}: {wall:.0f} s for {n_cells} cells in {jobs} jobs", flush=True)
 
     base = results["one per cell"]
