@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "accelerate", "sklearn", "pandas", "matplotlib")
 COMMANDS = {
@@ -65,3 +67,39 @@ def test_python_m_medcli_help_lists_the_commands():
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ("data", "split", "train", "eval", "gradcam", "ensemble", "report", "weights", "models", "recipes"):
         assert name in proc.stdout
+
+
+def test_numpy_scores_equal_the_libraries_they_stand_in_for():
+    """The training process scores its validation part with numpy versions of scipy.stats.rankdata (in the AUC),
+    sklearn's balanced_accuracy_score and f1_score (importing those libraries costs every run ~1.5 s): they
+    must give the libraries' values exactly, ties, NaNs and classes absent from the labels or predictions included."""
+    import warnings
+
+    import numpy as np
+    from scipy.stats import rankdata
+    from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
+
+    from medcli.evaluation import bootstrap
+    from medcli.training.loop import val_metrics
+
+    rng = np.random.default_rng(0)
+    for trial in range(100):
+        n, c = int(rng.integers(1, 80)), int(rng.integers(2, 7))
+        p = np.round(rng.random((n, c)), int(rng.integers(1, 4)))  # rounded: many ties
+        if trial % 7 == 0:
+            p[rng.integers(n), rng.integers(c)] = np.nan
+        np.testing.assert_array_equal(bootstrap._average_ranks(p), rankdata(p, axis=0))
+        y = rng.integers(0, c - int(trial % 3 == 0), n)  # every third trial: the last class never occurs
+        pred = rng.integers(0, c, n)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # sklearn: "y_pred contains classes not in y_true"
+            assert bootstrap.balanced_accuracy(y, pred, c) == balanced_accuracy_score(y, pred)
+            assert bootstrap.macro_f1_present(y, pred, c) == f1_score(y, pred, average="macro", labels=np.unique(y), zero_division=0)
+            logits = rng.normal(size=(n, c)).astype(np.float32)
+            scores = val_metrics(logits, y)
+            pred = logits.argmax(1)
+            assert scores["val_balanced_accuracy"] == balanced_accuracy_score(y, pred)
+            assert scores["val_macro_f1"] == f1_score(y, pred, average="macro", labels=np.unique(y), zero_division=0)
+        if len(np.unique(y)) == 2 and c == 2:
+            q = rng.dirichlet(np.ones(2), n).round(2)
+            assert bootstrap.roc_auc_ovr(y, q) == pytest.approx(roc_auc_score(y, q[:, 1]), abs=1e-12)
