@@ -69,6 +69,79 @@ def test_python_m_medcli_help_lists_the_commands():
         assert name in proc.stdout
 
 
+# --- the training path -------------------------------------------------------------------------------------------
+# Every `medcli train` process pays its imports before the first step. torch itself, and torch._dynamo (imported by
+# torch.optim's first optimizer and by accelerate's prepare_model), are the irreducible part; the libraries below
+# are not needed to train and validate a model whose backbone is not a torchvision or timm one.
+NOT_FOR_TRAINING = ("torchvision", "timm", "sklearn", "pandas", "scipy", "matplotlib")
+
+_TRAIN_PROBE = """
+import json, sys
+import numpy as np
+import medcli.cli
+from medcli.data import load_dataset
+from medcli.data.store import materialize
+from medcli.evaluation.bootstrap import balanced_accuracy, macro_f1_present, roc_auc_ovr
+from medcli.inference import infer
+from medcli.models import create_model, get_backbone
+from medcli.preprocess import to_model_input
+from medcli.splits import load_splits
+from medcli.strategies import build_plan
+from medcli.training import features, loop, outputs, resume
+
+model = create_model("customcnn", 3, in_channels=1, img_size=32)
+build_plan(model, "full", epochs=2, lr=1e-3)
+rng = np.random.default_rng(0)
+y, p = rng.integers(0, 3, 50), rng.dirichlet(np.ones(3), 50)
+roc_auc_ovr(y, p), balanced_accuracy(y, p.argmax(1), 3), macro_f1_present(y, p.argmax(1), 3)
+print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))
+"""
+
+
+def test_training_modules_and_validation_scores_import_no_torchvision_sklearn_scipy_pandas():
+    """What a training run imports to build a custom-backbone model and score its validation part (the numpy AUC,
+    balanced accuracy and macro F1 of :mod:`medcli.evaluation.bootstrap`) leaves out torchvision (~1.5 s: imported
+    where a torchvision backbone is built), scikit-learn, scipy and pandas (~1.5 s together: imported by the
+    evaluation functions that call them)."""
+    proc = subprocess.run([sys.executable, "-c", _TRAIN_PROBE.format(heavy=NOT_FOR_TRAINING)], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    imported = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert imported == [], f"the training path imports {imported}: import them where they are used"
+
+
+_RUN_PROBE = """
+import json, sys
+from typer.testing import CliRunner
+from medcli.cli import app
+
+def invoke(*args):
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output[-3000:]
+    return sorted(m for m in {heavy!r} if m in sys.modules)
+
+data, results = sys.argv[1], sys.argv[2]
+invoke("data", "synth", data, "--classes", "3", "--per-class", "12", "--size", "32")
+after_train = invoke("train", "--data", data, "--results", results, "--backbone", "customcnn", "--epochs", "1", "--img-size", "32",
+                     "--batch-size", "8", "--ema-epochs", "0")
+run = next(p for p in __import__("pathlib").Path(results).rglob("model.pt")).parent
+after_eval = invoke("eval", str(run), "--split", "val", "--bootstrap", "10", "--no-figures")
+print(json.dumps({{"after_train": after_train, "after_eval": after_eval}}))
+"""
+
+
+@pytest.mark.slow
+def test_a_tiny_custom_cnn_run_and_its_evaluation_never_import_torchvision(tmp_path):
+    """A real 1-epoch run (custom CNN, no weight averaging: --ema-epochs imports timm, which imports torchvision)
+    and its evaluation, in a fresh interpreter: torchvision and timm are never imported, matplotlib only for figures."""
+    proc = subprocess.run([sys.executable, "-c", _RUN_PROBE.format(heavy=NOT_FOR_TRAINING), str(tmp_path / "data"), str(tmp_path / "results")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # sklearn (with scipy and pandas) still comes from loop.val_metrics until it scores with the numpy functions of bootstrap.py
+    assert set(result["after_train"]) <= {"sklearn", "scipy", "pandas"}, f"training imports {result['after_train']}"
+    assert not {"torchvision", "timm", "matplotlib"} & set(result["after_eval"]), f"evaluation imports {result['after_eval']}"
+
+
 def test_numpy_scores_equal_the_libraries_they_stand_in_for():
     """The training process scores its validation part with numpy versions of scipy.stats.rankdata (in the AUC),
     sklearn's balanced_accuracy_score and f1_score (importing those libraries costs every run ~1.5 s): they
