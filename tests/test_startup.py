@@ -119,10 +119,9 @@ def invoke(*args):
     assert result.exit_code == 0, result.output[-3000:]
     return sorted(m for m in {heavy!r} if m in sys.modules)
 
-data, results = sys.argv[1], sys.argv[2]
-invoke("data", "synth", data, "--classes", "3", "--per-class", "12", "--size", "32")
-after_train = invoke("train", "--data", data, "--results", results, "--backbone", "customcnn", "--epochs", "1", "--img-size", "32",
-                     "--batch-size", "8", "--ema-epochs", "0")
+data, splits, results = sys.argv[1:4]
+after_train = invoke("train", "--data", data, "--splits", splits, "--results", results, "--backbone", "customcnn", "--epochs", "1",
+                     "--img-size", "32", "--batch-size", "8", "--ema-epochs", "0")
 run = next(p for p in __import__("pathlib").Path(results).rglob("model.pt")).parent
 after_eval = invoke("eval", str(run), "--split", "val", "--bootstrap", "10", "--no-figures")
 print(json.dumps({{"after_train": after_train, "after_eval": after_eval}}))
@@ -132,8 +131,12 @@ print(json.dumps({{"after_train": after_train, "after_eval": after_eval}}))
 @pytest.mark.slow
 def test_a_tiny_custom_cnn_run_and_its_evaluation_never_import_torchvision(tmp_path):
     """A real 1-epoch run (custom CNN, no weight averaging: --ema-epochs imports timm, which imports torchvision)
-    and its evaluation, in a fresh interpreter: torchvision and timm are never imported, matplotlib only for figures."""
-    proc = subprocess.run([sys.executable, "-c", _RUN_PROBE.format(heavy=NOT_FOR_TRAINING), str(tmp_path / "data"), str(tmp_path / "results")],
+    and its evaluation, in a fresh interpreter: torchvision and timm are never imported, matplotlib only for figures.
+    The splits are made beforehand (making them imports sklearn's StratifiedGroupKFold)."""
+    from tests.conftest import synthetic_fold_data
+
+    data, splits = synthetic_fold_data(tmp_path, per_class=12, folds=0)
+    proc = subprocess.run([sys.executable, "-c", _RUN_PROBE.format(heavy=NOT_FOR_TRAINING), str(data), str(splits), str(tmp_path / "results")],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
