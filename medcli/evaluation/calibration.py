@@ -12,7 +12,6 @@ implementation): confidences are the maximum class probability, binned into ``n_
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 from ..errors import MedcliError
 
@@ -75,6 +74,8 @@ def fit_temperature(val_logits: np.ndarray, val_y: np.ndarray) -> float:
     ``T > 1`` softens over-confident predictions, ``T < 1`` sharpens under-confident ones. The argmax (and so
     accuracy) is unchanged by any ``T``.
     """
+    from scipy.optimize import minimize_scalar  # here: ~0.3 s that training (which imports this module) never needs
+
     z, y = _check_logits(val_logits, val_y)
     lo, hi = np.log(TEMPERATURE_BOUNDS[0]), np.log(TEMPERATURE_BOUNDS[1])
     res = minimize_scalar(lambda log_t: _nll(z, y, float(np.exp(log_t))), bounds=(lo, hi), method="bounded",

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from sklearn import metrics as skm
 
 from ..errors import MedcliError
 from ..registry import Registry
@@ -26,6 +25,14 @@ from .calibration import DEFAULT_N_BINS, expected_calibration_error
 
 #: Rows of ``probs`` must sum to 1 within this tolerance (float32 softmax outputs are well within it).
 SUM_TOLERANCE = 1e-3
+
+
+def _skm():
+    """``sklearn.metrics``, imported on first use: the import takes ~1 s (it pulls scipy.stats and pandas), and the
+    training process imports this module (through :mod:`medcli.evaluation.bootstrap`) without calling sklearn."""
+    from sklearn import metrics
+
+    return metrics
 
 
 # --- the scalar-metric registry ---------------------------------------------------------------------------------
@@ -67,16 +74,16 @@ def get_metric(name: str) -> MetricInfo:
 
 
 for _info in (
-    MetricInfo("accuracy", "accuracy", lambda y, p, pred, labels: skm.accuracy_score(y, pred)),
-    MetricInfo("balanced_accuracy", "balanced accuracy", lambda y, p, pred, labels: skm.balanced_accuracy_score(y, pred)),
-    MetricInfo("macro_f1", "macro-F1", lambda y, p, pred, labels: skm.f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
-    MetricInfo("mcc", "MCC", lambda y, p, pred, labels: skm.matthews_corrcoef(y, pred)),
+    MetricInfo("accuracy", "accuracy", lambda y, p, pred, labels: _skm().accuracy_score(y, pred)),
+    MetricInfo("balanced_accuracy", "balanced accuracy", lambda y, p, pred, labels: _skm().balanced_accuracy_score(y, pred)),
+    MetricInfo("macro_f1", "macro-F1", lambda y, p, pred, labels: _skm().f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+    MetricInfo("mcc", "MCC", lambda y, p, pred, labels: _skm().matthews_corrcoef(y, pred)),
     MetricInfo("roc_auc", "ROC-AUC"),
     MetricInfo("pr_auc", "PR-AUC"),
-    MetricInfo("log_loss", "log-loss", lambda y, p, pred, labels: skm.log_loss(y, p, labels=labels), lower_is_better=True),
-    MetricInfo("brier", "Brier score", lambda y, p, pred, labels: skm.brier_score_loss(y, p, labels=labels, scale_by_half=False),
+    MetricInfo("log_loss", "log-loss", lambda y, p, pred, labels: _skm().log_loss(y, p, labels=labels), lower_is_better=True),
+    MetricInfo("brier", "Brier score", lambda y, p, pred, labels: _skm().brier_score_loss(y, p, labels=labels, scale_by_half=False),
                lower_is_better=True),
-    MetricInfo("brier_positive", "Brier score (positive class)", lambda y, p, pred, labels: skm.brier_score_loss(y, p[:, 1], pos_label=1, labels=labels),
+    MetricInfo("brier_positive", "Brier score (positive class)", lambda y, p, pred, labels: _skm().brier_score_loss(y, p[:, 1], pos_label=1, labels=labels),
                lower_is_better=True, binary_only=True, report=False, primary=False),
     MetricInfo("ece", "ECE", lambda y, p, pred, labels: expected_calibration_error(y, p, DEFAULT_N_BINS), lower_is_better=True),
     MetricInfo("sensitivity", "sensitivity", binary_only=True, primary=False),
@@ -160,7 +167,7 @@ def youden_threshold(y_true_binary, p_positive) -> float:
         raise MedcliError("scores contain NaN or infinite values")
     if y.min() == y.max():
         raise MedcliError(f"Youden's threshold needs both classes in the labels, found only class {int(y[0])}")
-    fpr, tpr, thresholds = skm.roc_curve(y.astype(np.intp), s, drop_intermediate=False)
+    fpr, tpr, thresholds = _skm().roc_curve(y.astype(np.intp), s, drop_intermediate=False)
     best = int(np.argmax(tpr - fpr))
     return float(min(thresholds[best], 1.0))
 
@@ -228,6 +235,7 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str], *
     pred = predict_labels(p, threshold)
     undefined: dict[str, str] = {}
     notes: dict[str, str] = {}
+    skm = _skm()
 
     with warnings.catch_warnings():
         # Degenerate cases (absent classes, a single predicted class) are reported in ``undefined``/``notes``.

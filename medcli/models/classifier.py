@@ -15,7 +15,6 @@ import os
 from typing import Callable
 
 import torch
-import torchvision
 from torch import nn
 
 from ..errors import MedcliError
@@ -71,6 +70,8 @@ def _build_trunk(info: BackboneInfo, in_channels: int, img_size: int) -> tuple[n
     if info.family == "custom":
         trunk = info.build(in_channels)
         return trunk, int(trunk.out_features)
+    import torchvision  # here, not at the top: `import torchvision` costs ~1.5 s (its ops import torch._dynamo), and the custom and timm backbones never use it
+
     kwargs = {"image_size": img_size} if info.fixed_size else {}
     try:
         net = torchvision.models.get_model(info.name, weights=None, **kwargs)

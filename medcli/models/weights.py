@@ -43,7 +43,6 @@ from urllib.error import URLError
 from urllib.parse import urlparse
 
 import torch
-import torchvision
 
 from ..errors import MedcliError
 from ._registry import BackboneInfo, get_backbone
@@ -115,6 +114,8 @@ def _imagenet_enum(name: str):
         raise MedcliError(f"{name} is a timm backbone: its weights come from timm (Hugging Face cache), not torchvision")
     if info.imagenet_weights is None:
         raise MedcliError(f"{name} has no ImageNet weights: only torchvision backbones have them")
+    import torchvision  # imported on use: ~1.5 s that runs without ImageNet weights never need
+
     return torchvision.models.get_weight(info.imagenet_weights)
 
 
