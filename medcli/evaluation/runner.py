@@ -44,14 +44,16 @@ def read_predictions(path: str | os.PathLike, classes: list[str]) -> tuple["pd.D
 
 
 @torch.no_grad()
-@torch.no_grad()
-def predict_logits(model, images: np.ndarray, rows: np.ndarray, mean, std, *, tta: bool = False, batch_size: int = 64) -> np.ndarray:
+def predict_logits(model, images: np.ndarray, rows: np.ndarray, mean, std, *, tta: bool = False, batch_size: int = 64,
+                   progress: str | None = None) -> np.ndarray:
     """Logits ``(len(rows), C)`` float32 for ``images[rows]`` (a store's N×H×W×C uint8 array), in ``rows`` order.
 
     With ``tta`` the log of the averaged flipped/unflipped softmax. Eval mode, ``batch_size`` images per batch,
     bf16 autocast on GPUs that support it; the loop is :func:`medcli.inference.infer`, shared with training.
+    ``progress``: a description to show a progress bar under (:mod:`medcli.progress`); None shows none.
     """
     from ..inference import infer, row_batches, store_pixels
+    from ..progress import track_units
     from ..preprocess import to_model_input
 
     device = runs.inference_device()
@@ -64,7 +66,10 @@ def predict_logits(model, images: np.ndarray, rows: np.ndarray, mean, std, *, tt
     def inputs(positions: torch.Tensor) -> torch.Tensor:
         return to_model_input(store_pixels(images, rows[positions.numpy()], device), m, s)
 
-    return infer(model, row_batches(rows, batch_size), inputs, len(rows), tta=tta,
+    batches = row_batches(rows, batch_size)
+    if progress is not None:
+        batches = track_units(((b, len(b)) for b in batches), len(rows), progress, unit="images")
+    return infer(model, batches, inputs, len(rows), tta=tta,
                  autocast=lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)).numpy()
 
 
@@ -102,7 +107,7 @@ def _external_name(name: str | None, data: str | os.PathLike) -> str:
     return ext_name
 
 
-class _OwnData:
+class OwnData:
     """The run's own dataset, splits, image store and scan records, each loaded once and only when needed."""
 
     def __init__(self, run: runs.Run) -> None:
@@ -133,7 +138,7 @@ class _OwnData:
 
 
 @dataclass(frozen=True)
-class _Scoring:
+class Scoring:
     """What every scored split shares: the run, the post-hoc fits from validation, and the output options."""
 
     run: runs.Run
@@ -200,7 +205,7 @@ def evaluate_run(
         raise MedcliError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
     run = runs.open_run(run_dir)
     model = run.load_model()
-    own = _OwnData(run)
+    own = OwnData(run)
     val_frame, val_y, val_logits = _validation_scores(run, model, own, tta)
     scoring = _fit_on_validation(run, val_y, val_logits, tta=tta, n_bootstrap=n_bootstrap, seed=seed, figures=figures)
     if data is not None:
@@ -249,7 +254,7 @@ def evaluate_runs(run_dirs: list[str | os.PathLike], **options) -> Iterator[tupl
         yield run_dir, outcome
 
 
-def _validation_scores(run: runs.Run, model, own: _OwnData, tta: bool) -> tuple["pd.DataFrame", np.ndarray, np.ndarray]:
+def _validation_scores(run: runs.Run, model, own: OwnData, tta: bool) -> tuple["pd.DataFrame", np.ndarray, np.ndarray]:
     """The validation fold's ``(frame, labels, logits)`` from training, or recomputed with TTA.
 
     The temperature and the threshold must be fitted on the kind of scores they are applied to, so with TTA they
@@ -261,15 +266,15 @@ def _validation_scores(run: runs.Run, model, own: _OwnData, tta: bool) -> tuple[
     return frame, y, logits
 
 
-def _fit_on_validation(run: runs.Run, val_y: np.ndarray, val_logits: np.ndarray, **options) -> _Scoring:
+def _fit_on_validation(run: runs.Run, val_y: np.ndarray, val_logits: np.ndarray, **options) -> Scoring:
     """Temperature scaling and, for binary tasks with both classes in validation, the Youden threshold."""
     temperature = fit_temperature(val_logits, val_y)
     binary = len(run.classes) == 2
     threshold = youden_threshold(val_y, softmax(val_logits)[:, 1]) if binary and len(set(val_y.tolist())) == 2 else None
-    return _Scoring(run=run, temperature=temperature, threshold=threshold, **options)
+    return Scoring(run=run, temperature=temperature, threshold=threshold, **options)
 
 
-def _evaluate_test(scoring: _Scoring, model, own: _OwnData) -> dict:
+def _evaluate_test(scoring: Scoring, model, own: OwnData) -> dict:
     run = scoring.run
     ids = list(own.splits["test"])
     if not ids:
@@ -280,60 +285,110 @@ def _evaluate_test(scoring: _Scoring, model, own: _OwnData) -> dict:
     return _score(scoring, "test", ids, [own.paths[i] for i in ids], y, logits, _run_outputs(run, "test"))
 
 
-def _evaluate_external(scoring: _Scoring, model, own: _OwnData, data, name: str | None, aliases, skip_bad: bool) -> dict[str, dict]:
+def validation_fit(run: runs.Run, model, own: OwnData, *, tta: bool, n_bootstrap: int = 1000, seed: int = 0,
+                   figures: bool = False) -> Scoring:
+    """The temperature and (binary tasks) Youden threshold exactly as :func:`evaluate_run` fits them: on the run's
+    validation predictions (``predictions/val.csv``; with ``tta`` recomputed with TTA from the run's own data).
+
+    Raises :class:`MedcliError` when the validation predictions are missing or unreadable (or, with ``tta``, when
+    the run's dataset cannot be read)."""
+    _, val_y, val_logits = _validation_scores(run, model, own, tta)
+    return _fit_on_validation(run, val_y, val_logits, tta=tta, n_bootstrap=n_bootstrap, seed=seed, figures=figures)
+
+
+def load_external(run: runs.Run, data: str | os.PathLike, aliases: dict[str, str] | None = None):
+    """``(dataset, mapping)``: another labelled dataset (any layout) indexed with the run's decode options, and
+    ``{its class: the run's class}``.
+
+    Raises :class:`MedcliError` when it cannot be indexed or its classes do not match the run's."""
+    from ..data import load_dataset
+    from ..data.classes import reconcile_classes
+
+    other = load_dataset(data, "auto", aliases, decode=run.decode_options())  # the training preprocessing
+    # --alias is applied by load_dataset; what is left to match against the model's classes are its labels
+    mapping = reconcile_classes({"train": set(run.classes), "test": {s.label for s in other.samples}}, None)
+    return other, mapping
+
+
+@dataclass(frozen=True)
+class ExternalScores:
+    """What :func:`score_external` computed: ``ids``/``paths`` (N), ``y`` (N,) run-class indices, ``logits`` (N, C)
+    and the metrics ``document`` (``medcli.metrics/1``, split ``external``; not written)."""
+
+    ids: list[str]
+    paths: list[str]
+    y: np.ndarray
+    logits: np.ndarray
+    document: dict
+
+
+def score_external(scoring: Scoring, model, own: OwnData, other, mapping: dict[str, str], records: dict, data,
+                   *, progress: str | None = None) -> ExternalScores:
+    """Predict and score a labelled external dataset (its readable samples: drop unreadable ones first), with the
+    run's store settings, normalisation and ``scoring`` (temperature, threshold, TTA, bootstrap).
+
+    The one code path of ``medcli eval --data`` and labelled ``medcli predict`` input. ``records``: the scan
+    records of ``other``'s samples (for the overlap with the run's own images). Nothing is written.
+    """
+    from .overlap import development_pool, external_overlap, near_threshold
+
+    run = scoring.run
+    overlap = external_overlap({s.id: records[s.id] for s in other.samples}, own.records, development_pool(own.splits),
+                               own.splits["test"], near_threshold(own.splits))
+    store = _store_for(other, run, None)
+    index = {c: k for k, c in enumerate(run.classes)}
+    y = np.array([index[mapping[s.label]] for s in other.samples], dtype=np.intp)
+    ids = [s.id for s in other.samples]
+    logits = predict_logits(model, store.images, store.rows(ids), run.preprocess["mean"], run.preprocess["std"], tta=scoring.tta,
+                            progress=progress)
+    external = {"data": str(Path(data).resolve()), "fingerprint": other.fingerprint(),
+                "class_mapping": {raw: mapping[label] for raw, label in sorted(other.class_mapping.items())}}
+    document = metrics_document(scoring, "external", y, logits, external=external, overlap=overlap)
+    return ExternalScores(ids, [s.path for s in other.samples], y, logits, document)
+
+
+def _evaluate_external(scoring: Scoring, model, own: OwnData, data, name: str | None, aliases, skip_bad: bool) -> dict[str, dict]:
     """Score the run on another dataset; results go to ``external/<name>/``, apart from the run's own.
 
     The metrics document gains ``overlap`` (:func:`medcli.evaluation.overlap.external_overlap`): how many external
     images duplicate the run's development pool and its test set, exactly or nearly. It only reports.
     """
-    from .overlap import development_pool, external_overlap, near_threshold
-
-    from ..data import load_dataset, require_readable, scan_dataset
-    from ..data.classes import reconcile_classes
+    from ..data import require_readable, scan_dataset
 
     run = scoring.run
-    cfg, classes = run.config, run.classes
+    cfg = run.config
     ext_name = _external_name(name, data)
-    other = load_dataset(data, "auto", aliases, decode=run.decode_options())  # the training preprocessing
-    # --alias is applied by load_dataset; what is left to match against the model's classes are its labels
-    mapping = reconcile_classes({"train": set(classes), "test": {s.label for s in other.samples}}, None)
+    other, mapping = load_external(run, data, aliases)
     records = scan_dataset(other, cfg.get("cache_dir"), cfg.get("workers"))
     other = require_readable(other, records, skip_bad)
-    overlap = external_overlap({s.id: records[s.id] for s in other.samples}, own.records, development_pool(own.splits),
-                               own.splits["test"], near_threshold(own.splits))
-    store = _store_for(other, run, None)
-    index = {c: k for k, c in enumerate(classes)}
-    y = np.array([index[mapping[s.label]] for s in other.samples])
-    ids = [s.id for s in other.samples]
-    logits = predict_logits(model, store.images, store.rows(ids), run.preprocess["mean"], run.preprocess["std"], tta=scoring.tta)
-    external = {"data": str(Path(data).resolve()), "fingerprint": other.fingerprint(),
-                "class_mapping": {raw: mapping[label] for raw, label in sorted(other.class_mapping.items())}}
+    scores = score_external(scoring, model, own, other, mapping, records, data)
     outputs = _Outputs(paths.external_predictions_file(run.path, ext_name), paths.external_metrics_file(run.path, ext_name),
                        paths.external_dir(run.path, ext_name))
-    return {ext_name: _score(scoring, "external", ids, [s.path for s in other.samples], y, logits, outputs, external=external,
-                             overlap=overlap)}
+    return {ext_name: _write_scored(scoring, "external", scores.ids, scores.paths, scores.y, scores.logits, outputs, scores.document)}
 
 
 def _run_outputs(run: runs.Run, split: str) -> _Outputs:
     return _Outputs(paths.predictions_file(run.path, split), paths.metrics_file(run.path, split), paths.figures_dir(run.path))
 
 
-def _score(scoring: _Scoring, split: str, ids: list[str], image_paths: list[str], y: np.ndarray, logits: np.ndarray,
-           outputs: _Outputs, *, external: dict | None = None, overlap: dict | None = None) -> dict:
-    """Write the predictions (raw and calibrated), the metrics document and the figures of one scored split.
+def _score(scoring: Scoring, split: str, ids: list[str], image_paths: list[str], y: np.ndarray, logits: np.ndarray,
+           outputs: _Outputs) -> dict:
+    """Write the predictions (raw and calibrated), the metrics document and the figures of one of the run's splits."""
+    return _write_scored(scoring, split, ids, image_paths, y, logits, outputs, metrics_document(scoring, split, y, logits))
 
-    ``overlap`` (external data only) is written after ``external``; the run's own splits have no such key."""
-    run, classes, cfg = scoring.run, scoring.run.classes, scoring.run.config
+
+def metrics_document(scoring: Scoring, split: str, y: np.ndarray, logits: np.ndarray, *, external: dict | None = None,
+                     overlap: dict | None = None) -> dict:
+    """The metrics document (``medcli.metrics/1``) of ``logits`` (N, C) against labels ``y`` (N,), not written.
+
+    ``overlap`` (external data only) comes after ``external``; the run's own splits have no such key."""
+    run, classes = scoring.run, scoring.run.classes
     probs = softmax(logits)
-    calibrated_logits = logits / scoring.temperature
     calibrated = apply_temperature(logits, scoring.temperature)
-    runs.write_predictions(outputs.predictions, ids, image_paths, y, logits, classes, fold=cfg["fold"], seed=cfg["seed"], split=split, probs=probs)
-    runs.write_predictions(paths.calibrated_file(outputs.predictions), ids, image_paths, y, calibrated_logits, classes,
-                           fold=cfg["fold"], seed=cfg["seed"], split=split, probs=calibrated)
     metrics = compute_metrics(y, probs, classes)
     at_threshold = compute_metrics(y, probs, classes, threshold=scoring.threshold) if scoring.threshold is not None else None
     ci = bootstrap_ci(y, probs, headline_metric_fns(classes), n_resamples=scoring.n_bootstrap, seed=scoring.seed) if scoring.n_bootstrap > 0 else {}
-    document = {
+    return {
         "format": METRICS_FORMAT,
         "run": run.coordinates(),
         "split": split,
@@ -353,9 +408,21 @@ def _score(scoring: _Scoring, split: str, ids: list[str], image_paths: list[str]
         **({"overlap": overlap} if overlap is not None else {}),
         "versions": runs.versions(),
     }
+
+
+def _write_scored(scoring: Scoring, split: str, ids: list[str], image_paths: list[str], y: np.ndarray, logits: np.ndarray,
+                  outputs: _Outputs, document: dict) -> dict:
+    """Write the predictions (raw and calibrated), ``document`` and the figures; return the document as written."""
+    classes, cfg = scoring.run.classes, scoring.run.config
+    probs = softmax(logits)
+    calibrated_logits = logits / scoring.temperature
+    calibrated = apply_temperature(logits, scoring.temperature)
+    runs.write_predictions(outputs.predictions, ids, image_paths, y, logits, classes, fold=cfg["fold"], seed=cfg["seed"], split=split, probs=probs)
+    runs.write_predictions(paths.calibrated_file(outputs.predictions), ids, image_paths, y, calibrated_logits, classes,
+                           fold=cfg["fold"], seed=cfg["seed"], split=split, probs=calibrated)
     document = runs.write_metrics(outputs.metrics, document)
     if scoring.figures:
-        _figures(Path(outputs.figures), split, y, probs, calibrated, classes, metrics)
+        _figures(Path(outputs.figures), split, y, probs, calibrated, classes, document["metrics"])
     return document
 
 
