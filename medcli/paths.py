@@ -411,3 +411,13 @@ def image_file_name(sample_id: str, *, max_length: int = 60) -> str:
     stem, suffix = os.path.splitext(sample_id)
     readable = _slug(stem if suffix.lower() in _IMAGE_SUFFIXES else sample_id, max_length)
     return f"{readable}-{_digest(sample_id)}.png" if readable else f"{_digest(sample_id)}.png"
+
+
+# --- medcli predict ---------------------------------------------------------------------------------------
+
+
+def predict_metrics_file(predictions: str | os.PathLike) -> str:
+    """The metrics of ``medcli predict`` on labelled input, next to its CSV: ``<x>.csv`` -> ``<x>.metrics.json``
+    (any other name gets ``.metrics.json`` appended)."""
+    text = str(predictions)
+    return (text[: -len(".csv")] if text.lower().endswith(".csv") else text) + ".metrics.json"

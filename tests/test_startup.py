@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "accelerate", "sklearn", "pandas", "matplotlib")
 COMMANDS = {
     ("data",), ("data", "inspect"), ("data", "synth"), ("split",), ("train",), ("eval",), ("gradcam",),
-    ("ensemble",), ("report",), ("weights",), ("weights", "download"), ("models",), ("recipes",),
+    ("ensemble",), ("predict",), ("report",), ("weights",), ("weights", "download"), ("models",), ("recipes",),
 }
 
 _PROBE = """

@@ -323,7 +323,7 @@ class ExternalScores:
 
 
 def score_external(scoring: Scoring, model, own: OwnData, other, mapping: dict[str, str], records: dict, data,
-                   *, progress: str | None = None) -> ExternalScores:
+                   *, batch_size: int = 64, progress: str | None = None) -> ExternalScores:
     """Predict and score a labelled external dataset (its readable samples: drop unreadable ones first), with the
     run's store settings, normalisation and ``scoring`` (temperature, threshold, TTA, bootstrap).
 
@@ -340,7 +340,7 @@ def score_external(scoring: Scoring, model, own: OwnData, other, mapping: dict[s
     y = np.array([index[mapping[s.label]] for s in other.samples], dtype=np.intp)
     ids = [s.id for s in other.samples]
     logits = predict_logits(model, store.images, store.rows(ids), run.preprocess["mean"], run.preprocess["std"], tta=scoring.tta,
-                            progress=progress)
+                            batch_size=batch_size, progress=progress)
     external = {"data": str(Path(data).resolve()), "fingerprint": other.fingerprint(),
                 "class_mapping": {raw: mapping[label] for raw, label in sorted(other.class_mapping.items())}}
     document = metrics_document(scoring, "external", y, logits, external=external, overlap=overlap)
