@@ -73,6 +73,21 @@ def test_predicting_the_test_images_reproduces_evals_test_predictions(trained, t
     assert not Path(paths.predict_metrics_file(out)).exists()
 
 
+def test_tta_reproduces_eval_tta(trained, tmp_path):
+    copy = tmp_path / "run"  # eval --tta rewrites the run's test predictions: work on a copy of the run folder
+    shutil.copytree(trained["runs"][0], copy)
+    evaluate_run(copy, split="test", tta=True, n_bootstrap=0, figures=False)
+    classes = runs.open_run(copy).classes
+    predict(copy, [trained["data"] / "test"], tmp_path / "p.csv", tta=True, labels=False)
+    mine = _by_path(_rows(tmp_path / "p.csv"))
+    raw = _by_path(_rows(paths.predictions_file(copy, "test")))
+    calibrated = _by_path(_rows(paths.calibrated_file(paths.predictions_file(copy, "test"))))
+    assert set(mine) == set(raw)
+    for p, row in mine.items():
+        assert [row[f"raw_prob_{c}"] for c in classes] == [raw[p][f"prob_{c}"] for c in classes], p
+        assert [row[f"prob_{c}"] for c in classes] == [calibrated[p][f"prob_{c}"] for c in classes], p
+
+
 def test_labelled_folder_metrics_equal_eval_external(trained, tmp_path):
     run = trained["runs"][0]
     folder = tmp_path / "site-b"
@@ -153,6 +168,13 @@ def test_csv_manifest_and_cli_end_to_end(trained, tmp_path):
     assert res.exit_code == 0, res.output
     assert f"predictions written to {tmp_path / 'm.csv'}" in res.output
     assert [r["path"] for r in _rows(tmp_path / "m.csv")] == [str(p.resolve()) for p in images]
+    assert not (tmp_path / "m.metrics.json").exists()
+
+    labelled = tmp_path / "labelled.csv"  # a manifest with labels is scored
+    labelled.write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in images))
+    result = predict(trained["runs"][0], [labelled], tmp_path / "l.csv", n_bootstrap=0)
+    assert result.metrics["n"] == 3 and (tmp_path / "l.metrics.json").is_file()
+    assert [r["label"] for r in _rows(tmp_path / "l.csv")] == [p.parent.name for p in images]
 
 
 def test_a_run_without_validation_predictions_gives_raw_probabilities_and_says_so(trained, tmp_path):
@@ -190,17 +212,18 @@ def test_medcli_ensemble_outputs_are_applied_or_refused_in_one_line(trained, tmp
     key = paths.parse_run_dir(trained["runs"][0])
     config = paths.run_name(key.backbone, key.strategy)
     shutil.copy(trained["root"] / "splits.json", paths.splits_file(trained["results"], key.dataset))  # where medcli ensemble reads it
-    build_ensemble(trained["results"], key.dataset, [config], "mean", key.seed, name="solo", n_bootstrap=0)
-    ens = Path(paths.ensemble_dir(trained["results"], key.dataset, "solo", "mean", key.seed))
     classes = runs.open_run(trained["runs"][0]).classes
-    predict(ens, [trained["data"] / "test"], tmp_path / "e.csv", labels=False)
-    mine = _by_path(_rows(tmp_path / "e.csv"))
-    theirs = _rows(paths.predictions_file(ens, "test"))
-    assert len(mine) == len(theirs)
-    for row in theirs:
-        assert np.abs(_probs(mine[row["path"]], classes, "raw_prob_") - _probs(row, classes, "prob_")).max() <= 1e-6
+    for method in ("mean", "vote"):
+        build_ensemble(trained["results"], key.dataset, [config], method, key.seed, name="solo", n_bootstrap=0)
+        ens = Path(paths.ensemble_dir(trained["results"], key.dataset, "solo", method, key.seed))
+        predict(ens, [trained["data"] / "test"], tmp_path / "e.csv", labels=False)
+        mine = _by_path(_rows(tmp_path / "e.csv"))
+        theirs = _rows(paths.predictions_file(ens, "test"))
+        assert len(mine) == len(theirs)
+        for row in theirs:
+            assert np.abs(_probs(mine[row["path"]], classes, "raw_prob_") - _probs(row, classes, "prob_")).max() <= 1e-6, method
 
-    doc = json.loads(Path(paths.ensemble_file(ens)).read_text())
+    doc = json.loads(Path(paths.ensemble_file(ens)).read_text())  # the vote's
     stacked = Path(paths.ensemble_dir(trained["results"], key.dataset, "solo", "stacking", key.seed))
     stacked.mkdir(parents=True)
     (stacked / "ensemble.json").write_text(json.dumps({**doc, "method": "stacking", "weights": None}))
@@ -231,3 +254,26 @@ def test_cli_hands_predict_the_options_typed(monkeypatch, tmp_path):
     assert res.exit_code == 0, res.output
     assert calls[2] == ((tmp_path / "run", [tmp_path / "a.png"], Path("predictions.csv")),
                         {"tta": False, "labels": None, "aliases": {}, "batch_size": 64, "n_bootstrap": 1000, "seed": 0})
+
+
+def test_without_the_training_images_flags_come_from_inspect_json_or_a_warning(trained, tmp_path):
+    from medcli.data import inspect_data
+
+    run = tmp_path / "results" / "d" / "runs" / "customcnn__scratch" / "seed-0" / "fold-0"
+    shutil.copytree(trained["runs"][0], run)
+    doc = json.loads((run / "config.json").read_text())
+    doc["config"]["data"] = str(tmp_path / "moved-away")
+    (run / "config.json").write_text(json.dumps(doc))
+    new = tmp_path / "new"
+    save_image(new / "gray.png", np.full((32, 32), 80, np.uint8))
+    save_image(new / "wide.png", np.full((40, 300, 3), 80, np.uint8))
+
+    result = predict(run, [new], tmp_path / "p.csv")
+    assert result.n_flagged == 0 and any("no 'unlike training' flags" in w for w in result.warnings)
+    assert {r["flags"] for r in _rows(tmp_path / "p.csv")} == {""}
+
+    (tmp_path / "results" / "d" / "inspect.json").write_text(json.dumps(inspect_data(trained["data"])))
+    result = predict(run, [new], tmp_path / "p.csv")
+    flags = {r["id"]: r["flags"] for r in _rows(tmp_path / "p.csv")}
+    assert flags["gray.png"] == "" and "size 300x40" in flags["wide.png"] and "mode RGB" in flags["wide.png"]
+    assert result.n_flagged == 1
