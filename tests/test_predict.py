@@ -205,6 +205,14 @@ def test_fold_ensemble_equals_the_reports_test_column(trained, tmp_path):
         got = _probs(mine[path_of[sid]], classes, "raw_prob_")
         assert np.abs(got - row[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)).max() <= 1e-6, sid
 
+    res = CliRunner().invoke(app, ["predict", str(seed_dir), str(trained["data"] / "test"), "-o", str(tmp_path / "l.csv"),
+                                   "--bootstrap", "0"])  # labelled: scored without calibration or threshold
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "l.metrics.json").read_text())
+    assert doc["n"] == len(report) and doc["calibration"] is None and doc["threshold"] is None
+    assert doc["model"]["kind"] == "fold-ensemble" and doc["model"]["folds"] == [0, 1]
+    assert "evaluation" in res.output and "│ input" in res.output  # eval's metrics table
+
 
 def test_medcli_ensemble_outputs_are_applied_or_refused_in_one_line(trained, tmp_path):
     from medcli.ensemble import build_ensemble

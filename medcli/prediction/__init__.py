@@ -118,7 +118,7 @@ def predict(
     reference = training_reference(lead)
     if reference is None:
         warnings.append("no 'unlike training' flags: training images and inspect.json unavailable")
-    probs = {s.id: k for k, s in enumerate(readable)}
+    row_of = {s.id: k for k, s in enumerate(readable)}
     classes = resolved.classes
     calibrated = None
     if scoring is not None:
@@ -151,7 +151,7 @@ def predict(
         if not rec.ok:
             writer.writerow([s.id, s.path, *label, *([""] * (len(header) - 3 - len(label))), rec.error or "unreadable"])
             continue
-        k = probs[s.id]
+        k = row_of[s.id]
         flags = reference.flags(rec.width, rec.height, rec.mode, modality_of(rec)) if reference is not None else []
         n_flagged += bool(flags)
         writer.writerow([s.id, s.path, *label, classes[int(raw[k].argmax())],
