@@ -115,7 +115,8 @@ def fingerprint(folder: Path, config: dict) -> dict[str, bytes]:
     out = {}
     for run in cell_runs(folder, config):
         rel = str(run.relative_to(folder / "results"))
-        out[rel] = (run / "predictions" / "val.csv").read_bytes() + (run / "metrics" / "test.json").read_bytes()
+        text = (run / "predictions" / "val.csv").read_bytes() + (run / "metrics" / "test.json").read_bytes()
+        out[rel] = text.replace(str(folder.resolve()).encode(), b"FOLDER")  # image paths name each setting's own folder
     return out
 
 
