@@ -411,3 +411,26 @@ def image_file_name(sample_id: str, *, max_length: int = 60) -> str:
     stem, suffix = os.path.splitext(sample_id)
     readable = _slug(stem if suffix.lower() in _IMAGE_SUFFIXES else sample_id, max_length)
     return f"{readable}-{_digest(sample_id)}.png" if readable else f"{_digest(sample_id)}.png"
+
+
+# --- medcli export ----------------------------------------------------------------------------------------
+
+MODEL_CARD_FILE = "model_card.md"
+#: ``medcli export --format`` → the exported network's file name in ``--out``.
+EXPORT_MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.ts"}
+EXPORT_SIDECAR_FILE = "preprocess.json"
+
+
+def model_card_file(folder: str | os.PathLike) -> str:
+    """``<folder>/model_card.md``: the model card ``medcli export`` writes in the run folder and in ``--out``."""
+    return _join(folder, MODEL_CARD_FILE)
+
+
+def export_model_file(out: str | os.PathLike, fmt: str) -> str:
+    """The exported network in ``medcli export --out``: ``model.onnx`` (``fmt`` onnx) or ``model.ts`` (torchscript)."""
+    return _join(out, EXPORT_MODEL_FILES[fmt])
+
+
+def export_sidecar_file(out: str | os.PathLike) -> str:
+    """``<out>/preprocess.json``: the exported model's preprocessing contract (``medcli.export/1``)."""
+    return _join(out, EXPORT_SIDECAR_FILE)
