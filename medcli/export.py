@@ -369,7 +369,7 @@ def check_parity(model, fmt: str, path: Path, x: np.ndarray) -> dict:
 
 def sidecar(run: runs.Run, fmt: str, exporter: str, calibration: dict, parity: dict) -> dict:
     """The ``preprocess.json`` document (``medcli.export/1``): the exported network's input/output contract,
-    preprocessing, classes, calibration, decision rule, provenance and parity (keys in docs/architecture.md)."""
+    preprocessing, classes, calibration, decision rule, provenance and parity (keys in docs/architecture.md, "Export")."""
     pre = run.preprocess
     classes = run.classes
     size, channels = pre["img_size"], pre["channels"]
