@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import warnings
 import shutil
 from pathlib import Path
@@ -335,3 +336,30 @@ def test_the_cli_hands_its_arguments_to_export_model(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--format", "torchscript", "--out", str(tmp_path / "o2")])
     assert calls == [((tmp_path / "run", "onnx", tmp_path / "out"), {}), ((tmp_path / "run", "torchscript", tmp_path / "o2"), {})]
     assert CliRunner().invoke(app, ["export", str(tmp_path / "run")]).exit_code == 2  # --out is required
+
+
+@pytest.mark.slow
+def test_the_summary_links_the_best_configurations_model_card(trained, onnx_exports, tmp_path):
+    from medcli.report import write_report
+
+    run = trained["binary"]  # exported by onnx_exports: its run folder holds model_card.md
+    results = run.parents[4]
+    md = write_report(results, out=tmp_path / "summary.md", n_bootstrap=20).read_text()
+    target = re.search(r"\[model_card\.md\]\(([^)]+)\)", md)
+    assert target and (tmp_path / target.group(1)).resolve() == Path(paths.model_card_file(run)).resolve(), md
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone, channels", [("resnet18_small", 1), ("resnet10t", 3), ("vit_tiny_patch16_224", 3)])
+def test_onnx_export_of_other_backbone_families(backbone, channels, tmp_path):
+    """torchvision-style (BatchNorm), timm CNN and timm ViT trunks export with a dynamic batch and match PyTorch."""
+    import torch
+
+    from medcli.export import check_parity, export_onnx
+    from medcli.models import create_model
+
+    model = create_model(backbone, 3, in_channels=channels, weights=None, img_size=32).eval()
+    x = torch.randn(5, channels, 32, 32, generator=torch.Generator().manual_seed(0)).numpy()
+    exporter = export_onnx(model, tmp_path / "model.onnx", x.shape)
+    parity = check_parity(model, "onnx", tmp_path / "model.onnx", x)
+    assert parity["batch_sizes"] == [5, 1] and parity["max_abs_prob_diff"] <= PARITY_TOLERANCE, (exporter, parity)
