@@ -108,7 +108,7 @@ def export_model(model_dir: str | os.PathLike, fmt: str, out: str | os.PathLike,
 
     model = run.load_model().float().eval()
     calibration = fitted_calibration(run)
-    warn = [calibration["note"]] if calibration.get("note") and calibration["temperature"] is None else []
+    warn = [calibration["note"]] if calibration.get("note") else []
     for line in warn:
         log.warning("%s", line)
     x, ids, source = parity_inputs(run, n_images)
