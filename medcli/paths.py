@@ -421,3 +421,26 @@ def predict_metrics_file(predictions: str | os.PathLike) -> str:
     (any other name gets ``.metrics.json`` appended)."""
     text = str(predictions)
     return (text[: -len(".csv")] if text.lower().endswith(".csv") else text) + ".metrics.json"
+
+
+# --- medcli export ----------------------------------------------------------------------------------------
+
+MODEL_CARD_FILE = "model_card.md"
+#: ``medcli export --format`` → the exported network's file name in ``--out``.
+EXPORT_MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.ts"}
+EXPORT_SIDECAR_FILE = "preprocess.json"
+
+
+def model_card_file(folder: str | os.PathLike) -> str:
+    """``<folder>/model_card.md``: the model card ``medcli export`` writes in the run folder and in ``--out``."""
+    return _join(folder, MODEL_CARD_FILE)
+
+
+def export_model_file(out: str | os.PathLike, fmt: str) -> str:
+    """The exported network in ``medcli export --out``: ``model.onnx`` (``fmt`` onnx) or ``model.ts`` (torchscript)."""
+    return _join(out, EXPORT_MODEL_FILES[fmt])
+
+
+def export_sidecar_file(out: str | os.PathLike) -> str:
+    """``<out>/preprocess.json``: the exported model's preprocessing contract (``medcli.export/1``)."""
+    return _join(out, EXPORT_SIDECAR_FILE)

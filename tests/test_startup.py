@@ -16,6 +16,7 @@ HEAVY = ("torch", "torchvision", "accelerate", "sklearn", "pandas", "matplotlib"
 COMMANDS = {
     ("data",), ("data", "inspect"), ("data", "synth"), ("split",), ("train",), ("eval",), ("gradcam",),
     ("ensemble",), ("predict",), ("report",), ("weights",), ("weights", "download"), ("models",), ("recipes",),
+    ("export",),
 }
 
 _PROBE = """

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ._app import app
-from . import data, ensemble, eval, gradcam, predict, report, split, train, weights  # noqa: F401  (each module registers its commands on ``app``)
+from . import data, ensemble, eval, export, gradcam, predict, report, split, train, weights  # noqa: F401  (each module registers its commands on ``app``)
 
 __all__ = ["app", "main"]
 

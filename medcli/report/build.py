@@ -169,7 +169,7 @@ def summarize_dataset(results: Path, dataset: str, runs: list[Run], classes: lis
         "dataset": dataset, "classes": classes, "primary": primary, "metrics": columns_for(primary),
         "n_runs": len(runs), "n_folds": n_folds, "seeds": sorted({r.key.seed for r in runs}),
         "reference": ref, "reference_requested": reference, "reference_note": note,
-        "rows": rows, "ensembles": ensembles, "verdict": verdict(rows, primary),
+        "rows": rows, "ensembles": ensembles, "verdict": _with_model_card(verdict(rows, primary), by_config, link_base),
         "checks": comparability(runs, rows, splits_fingerprint=current_splits_fingerprint(results, dataset),
                                 experiment_cells=experiment_cells),
         "data": facts, "figures": [], "gradcam": _gradcam(runs, link_base), "external": _external(runs, primary),
@@ -180,6 +180,18 @@ def summarize_dataset(results: Path, dataset: str, runs: list[Run], classes: lis
     if figures:
         summary["figures"] = _figures(results, dataset, runs, summary, link_base)
     return summary
+
+
+def _with_model_card(v: dict | None, by_config: dict[str, list[Run]], base: Path) -> dict | None:
+    """The verdict plus ``model_card``: ``{run, file}`` of the best configuration's run with the lowest (seed, fold)
+    that has a ``model_card.md`` (``medcli export`` writes it into the run folder), else None."""
+    if v is None:
+        return None
+    for r in sorted(by_config.get(v["config"], []), key=lambda r: (r.key.seed, r.key.fold)):
+        card = paths.model_card_file(r.path)
+        if os.path.isfile(card):
+            return {**v, "model_card": {"run": r.rel, "file": _link(card, base)}}
+    return {**v, "model_card": None}
 
 
 def _link(path: str | os.PathLike, base: Path) -> str:

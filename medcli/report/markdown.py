@@ -192,6 +192,11 @@ def _verdict(d: dict) -> list[str]:
     if v.get("test"):
         t = v["test"]
         text += f" On the held-out test set its fold ensemble scores {_num(t['estimate'])} (95% CI {_num(t['low'])} to {_num(t['high'])})."
+    card = v.get("model_card")
+    if card:
+        text += f" Model card of its exported run `{card['run']}`: [model_card.md]({card['file']})."
+    else:
+        text += " `medcli export RUN --out DIR` on one of its runs gives an ONNX file, its preprocessing contract and a model card."
     return [text, ""]
 
 
