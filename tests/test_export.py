@@ -347,6 +347,13 @@ def test_the_summary_links_the_best_configurations_model_card(trained, onnx_expo
     md = write_report(results, out=tmp_path / "summary.md", n_bootstrap=20).read_text()
     target = re.search(r"\[model_card\.md\]\(([^)]+)\)", md)
     assert target and (tmp_path / target.group(1)).resolve() == Path(paths.model_card_file(run)).resolve(), md
+    # from the summary to predictions on new images with the one command it prints
+    command = re.search(r"`medcli predict (\S+) NEW_IMAGES/ --out predictions\.csv`", md)
+    assert command and Path(command.group(1)).is_dir(), md
+    images = json.loads(Path(paths.config_file(run)).read_text())["config"]["data"]
+    res = CliRunner().invoke(app, ["predict", command.group(1), images, "--no-labels", "--out", str(tmp_path / "p.csv")])
+    assert res.exit_code == 0, res.output
+    assert len((tmp_path / "p.csv").read_text().splitlines()) > 10
 
 
 @pytest.mark.slow

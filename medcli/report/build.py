@@ -184,14 +184,19 @@ def summarize_dataset(results: Path, dataset: str, runs: list[Run], classes: lis
 
 def _with_model_card(v: dict | None, by_config: dict[str, list[Run]], base: Path) -> dict | None:
     """The verdict plus ``model_card``: ``{run, file}`` of the best configuration's run with the lowest (seed, fold)
-    that has a ``model_card.md`` (``medcli export`` writes it into the run folder), else None."""
+    that has a ``model_card.md`` (``medcli export`` writes it into the run folder), else None; and ``use``:
+    ``{seed, folds, run}``, the folder of its first seed's fold models (``medcli predict``'s fold ensemble) and
+    its first run (to export), as paths from where the report was made."""
     if v is None:
         return None
-    for r in sorted(by_config.get(v["config"], []), key=lambda r: (r.key.seed, r.key.fold)):
+    best = sorted(by_config.get(v["config"], []), key=lambda r: (r.key.seed, r.key.fold))
+    # how to apply it: the fold ensemble of its first seed (what the test column scores) and one run to export
+    use = {"seed": best[0].key.seed, "folds": str(Path(best[0].path).parent), "run": str(best[0].path)} if best else None
+    for r in best:
         card = paths.model_card_file(r.path)
         if os.path.isfile(card):
-            return {**v, "model_card": {"run": r.rel, "file": _link(card, base)}}
-    return {**v, "model_card": None}
+            return {**v, "use": use, "model_card": {"run": r.rel, "file": _link(card, base)}}
+    return {**v, "use": use, "model_card": None}
 
 
 def _link(path: str | os.PathLike, base: Path) -> str:

@@ -192,12 +192,17 @@ def _verdict(d: dict) -> list[str]:
     if v.get("test"):
         t = v["test"]
         text += f" On the held-out test set its fold ensemble scores {_num(t['estimate'])} (95% CI {_num(t['low'])} to {_num(t['high'])})."
-    card = v.get("model_card")
+    use, card = v.get("use"), v.get("model_card")
+    lines = [text, ""]
+    if use:
+        lines += [f"Apply it to new images (its seed-{use['seed']} fold ensemble, as the test column scores it): "
+                  f"`medcli predict {use['folds']} NEW_IMAGES/ --out predictions.csv`.", ""]
     if card:
-        text += f" Model card of its exported run `{card['run']}`: [model_card.md]({card['file']})."
+        lines += [f"Model card of its exported run `{card['run']}`: [model_card.md]({card['file']}).", ""]
     else:
-        text += " `medcli export RUN --out DIR` on one of its runs gives an ONNX file, its preprocessing contract and a model card."
-    return [text, ""]
+        run = use["run"] if use else "RUN"
+        lines += [f"An ONNX file, its preprocessing contract and a model card: `medcli export {run} --format onnx --out export/`.", ""]
+    return lines
 
 
 def _comparison(d: dict) -> list[str]:
