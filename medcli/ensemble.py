@@ -130,7 +130,37 @@ def fit_stacking(oof: list[np.ndarray], y: np.ndarray, names: list[str], seed: i
         return out
 
     c = float(np.atleast_1d(model.C_)[0])
-    return Fitted("stacking", names, combine=combine, details={"C": c, "inner_folds": n_splits})
+    return Fitted("stacking", names, combine=combine, details={
+        "C": c, "inner_folds": n_splits,
+        # the fitted stacker, enough to apply it to new images (medcli predict: stacking_combine)
+        "coef": model.coef_.tolist(), "intercept": model.intercept_.tolist(), "stacker_classes": [int(k) for k in classes],
+    })
+
+
+def stacking_combine(details: dict, n_classes: int) -> Callable[[list[np.ndarray]], np.ndarray]:
+    """The combiner of a fitted ``stacking`` ensemble from its recorded ``details`` (``coef``, ``intercept``,
+    ``stacker_classes``): scikit-learn's ``LogisticRegression.predict_proba`` on the members' log-probabilities
+    (a logistic for two stacker classes, a softmax otherwise), in numpy; columns of classes the stacker never saw
+    are 0. Raises :class:`MedcliError` when the details predate recording the stacker (re-run ``medcli ensemble``)."""
+    if not all(k in details for k in ("coef", "intercept", "stacker_classes")):
+        raise MedcliError("this stacking ensemble was built before medcli recorded its fitted stacker; run `medcli ensemble` again")
+    coef, intercept = np.asarray(details["coef"], np.float64), np.asarray(details["intercept"], np.float64)
+    classes = np.asarray(details["stacker_classes"], dtype=np.int64)
+
+    def combine(probs: list[np.ndarray]) -> np.ndarray:
+        x = np.concatenate([np.log(np.clip(p, _EPS, 1.0)) for p in probs], axis=1)
+        z = x @ coef.T + intercept
+        if len(classes) == 2:
+            p1 = 1.0 / (1.0 + np.exp(-z[:, 0]))
+            stacked = np.stack([1.0 - p1, p1], axis=1)
+        else:
+            z = z - z.max(axis=1, keepdims=True)
+            stacked = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        out = np.zeros((len(x), n_classes))
+        out[:, classes] = stacked
+        return out
+
+    return combine
 
 
 def fit_greedy(oof: list[np.ndarray], y: np.ndarray, names: list[str], seed: int = 0, rounds: int = 25) -> Fitted:

@@ -3,6 +3,8 @@ best member on OOF data when fitted, and never look at test labels."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -144,3 +146,18 @@ def test_build_ensemble_from_run_folders_writes_eval_format_and_the_oof_check(tm
     assert "vs best member" in summary["statement"]
     with pytest.raises(MedcliError, match="missing predictions"):
         build_ensemble(tmp_path, "ds", ["r__full", "nope__linear"], "mean", 0)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_a_stacking_ensemble_applies_from_its_recorded_stacker_alone(n_classes):
+    """ensemble.json's ``details`` are enough to apply the stacker to new predictions (medcli predict), exactly."""
+    from medcli.ensemble import fit_stacking, stacking_combine
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, n_classes, 80)
+    members = [rng.dirichlet(np.ones(n_classes), 80) for _ in range(2)]
+    members = [0.5 * m + 0.5 * np.eye(n_classes)[y] for m in members]  # informative members
+    fitted = fit_stacking(members, y, ["a", "b"])
+    new = [rng.dirichlet(np.ones(n_classes), 17) for _ in range(2)]
+    details = json.loads(json.dumps(fitted.details))  # as written to ensemble.json
+    assert np.abs(stacking_combine(details, n_classes)(new) - fitted.predict(new)).max() < 1e-12

@@ -221,7 +221,7 @@ def test_medcli_ensemble_outputs_are_applied_or_refused_in_one_line(trained, tmp
     config = paths.run_name(key.backbone, key.strategy)
     shutil.copy(trained["root"] / "splits.json", paths.splits_file(trained["results"], key.dataset))  # where medcli ensemble reads it
     classes = runs.open_run(trained["runs"][0]).classes
-    for method in ("mean", "vote"):
+    for method in ("mean", "vote", "weighted", "greedy", "stacking"):
         build_ensemble(trained["results"], key.dataset, [config], method, key.seed, name="solo", n_bootstrap=0)
         ens = Path(paths.ensemble_dir(trained["results"], key.dataset, "solo", method, key.seed))
         predict(ens, [trained["data"] / "test"], tmp_path / "e.csv", labels=False)
@@ -231,12 +231,19 @@ def test_medcli_ensemble_outputs_are_applied_or_refused_in_one_line(trained, tmp
         for row in theirs:
             assert np.abs(_probs(mine[row["path"]], classes, "raw_prob_") - _probs(row, classes, "prob_")).max() <= 1e-6, method
 
-    doc = json.loads(Path(paths.ensemble_file(ens)).read_text())  # the vote's
-    stacked = Path(paths.ensemble_dir(trained["results"], key.dataset, "solo", "stacking", key.seed))
-    stacked.mkdir(parents=True)
-    (stacked / "ensemble.json").write_text(json.dumps({**doc, "method": "stacking", "weights": None}))
-    with pytest.raises(MedcliError, match=r"method 'stacking' cannot be applied.*supports ensembles of method mean, weighted, greedy, vote"):
-        predict(stacked, [trained["data"] / "test"], tmp_path / "s.csv")
+    # a stacking ensemble written before medcli recorded its fitted stacker cannot be applied: one line, the fix
+    doc = json.loads(Path(paths.ensemble_file(ens)).read_text())  # the stacking's
+    old = Path(paths.ensemble_dir(trained["results"], key.dataset, "old", "stacking", key.seed))
+    old.mkdir(parents=True)
+    details = {k: v for k, v in doc["details"].items() if k not in ("coef", "intercept", "stacker_classes")}
+    (old / "ensemble.json").write_text(json.dumps({**doc, "details": details}))
+    with pytest.raises(MedcliError, match=r"ensemble.json: this stacking ensemble was built before .* run `medcli ensemble` again"):
+        predict(old, [trained["data"] / "test"], tmp_path / "s.csv")
+    other = Path(paths.ensemble_dir(trained["results"], key.dataset, "odd", "magic", key.seed))
+    other.mkdir(parents=True)
+    (other / "ensemble.json").write_text(json.dumps({**doc, "method": "magic"}))
+    with pytest.raises(MedcliError, match=r"method 'magic' cannot be applied.*supports ensembles of method mean, weighted, greedy, vote, stacking"):
+        predict(other, [trained["data"] / "test"], tmp_path / "s.csv")
 
 
 def test_a_folder_that_is_no_model_is_one_line_error(tmp_path):

@@ -7,9 +7,10 @@
   ``predictions/test.csv`` probabilities (:func:`medcli.report.summary.average_frames` →
   :func:`medcli.ensemble.fold_ensemble`); no temperature or threshold (the report applies none);
 * a **medcli ensemble** output (``ensemble.json``): each member configuration's fold ensemble of the same seed,
-  combined with the recorded weights (``mean``, ``weighted``, ``greedy``) or by the vote (``vote``, which has no
-  parameters), as :func:`medcli.ensemble.build_ensemble` combines their test predictions. ``stacking`` is
-  refused: its fitted stacker is not saved.
+  combined with the recorded weights (``mean``, ``weighted``, ``greedy``), by the vote (``vote``, which has no
+  parameters) or by the recorded logistic-regression stacker (``stacking``:
+  :func:`medcli.ensemble.stacking_combine`), as :func:`medcli.ensemble.build_ensemble` combines their test
+  predictions.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .._io import read_json
 from ..errors import MedcliError
 
 #: Ensemble methods whose ``ensemble.json`` is enough to apply them to new images.
-APPLICABLE_METHODS = ("mean", "weighted", "greedy", "vote")
+APPLICABLE_METHODS = ("mean", "weighted", "greedy", "vote", "stacking")
 _FOLD = re.compile(r"^fold-(\d+)$")
 
 
@@ -104,11 +105,11 @@ def _same_classes(folds: list[runs.Run], where: Path) -> None:
 
 
 def _ensemble(path: Path) -> Model:
-    from ..ensemble import fit_vote, weighted_average
+    from ..ensemble import fit_vote, stacking_combine, weighted_average
 
     doc = read_json(paths.ensemble_file(path))
     method, members, weights = doc.get("method"), doc.get("members") or [], doc.get("weights")
-    if method not in APPLICABLE_METHODS or (method != "vote" and (not weights or len(weights) != len(members))):
+    if method not in APPLICABLE_METHODS or (method not in ("vote", "stacking") and (not weights or len(weights) != len(members))):
         raise MedcliError(
             f"{paths.ensemble_file(path)}: method {method!r} cannot be applied to new images from ensemble.json "
             f"(its fitted parameters are not saved); predict supports ensembles of method {', '.join(APPLICABLE_METHODS)}"
@@ -127,6 +128,14 @@ def _ensemble(path: Path) -> Model:
             raise MedcliError(f"{seed_dir}: no fold runs of ensemble member {config} seed {key.seed}; the ensemble cannot be applied without them")
         loaded.append(Member(config, folds))
     _same_classes([m.runs[0] for m in loaded], path)
-    combine = fit_vote([], np.zeros(0), members).combine if method == "vote" else weighted_average(np.asarray(weights, dtype=np.float64))
+    if method == "vote":
+        combine = fit_vote([], np.zeros(0), members).combine
+    elif method == "stacking":
+        try:
+            combine = stacking_combine(doc.get("details") or {}, len(loaded[0].runs[0].classes))
+        except MedcliError as exc:
+            raise MedcliError(f"{paths.ensemble_file(path)}: {exc}") from None
+    else:
+        combine = weighted_average(np.asarray(weights, dtype=np.float64))
     return Model("ensemble", path, loaded, combine, f"ensemble {key.name} ({method}, {len(members)} member(s)) in {path}",
                  {"method": method, "members": members, "weights": weights})
