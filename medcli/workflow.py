@@ -252,6 +252,19 @@ def job_settings(settings: dict[str, Any], *, data: str, name: str, weights: str
     return json.dumps(body, sort_keys=True)
 
 
+def figure_cells(config: dict, cells) -> list[Cell]:
+    """The cells among ``cells`` whose evaluation draws figures, by ``eval.figures``: ``first`` (default): each
+    configuration's first run (the first seed, fold 0), ``all`` or ``none``. Raises :class:`MedcliError` for
+    another value."""
+    mode = (config.get("eval") or {}).get("figures", "first")
+    if mode not in ("first", "all", "none"):
+        raise MedcliError(f"config key eval.figures {mode!r}: choose first, all or none")
+    if mode != "first":
+        return list(cells) if mode == "all" else []
+    first_seed = int(config["seeds"][0])
+    return [c for c in cells if c.seed == first_seed and c.fold == 0]
+
+
 def batch_settings(cells: list[dict[str, Any]]) -> tuple[str, str]:
     """``(common, cells)``: the JSON texts of a batch job's ``medcli train --config COMMON --cells CELLS`` files, from
     each cell's settings (as :func:`job_settings` makes them): the settings every cell shares, and per cell the

@@ -151,6 +151,20 @@ def test_eval_several_runs_calls_evaluate_run_once_per_run_with_the_same_options
     assert out.index(f"== {a}") < out.index(f"written under {a}") < out.index(f"== {b}") < out.index(f"written under {b}")
 
 
+def test_eval_figures_for_draws_figures_for_the_runs_named_only(fake, tmp_path):
+    evaluate = fake("medcli.evaluation.runner:evaluate_run", returns={})
+    fake("medcli.evaluation.runner:render")
+    a, b, c = (tmp_path / "cfg" / "seed-0" / f"fold-{k}" for k in range(3))
+    invoke("eval", str(a), str(b), str(c), "--split", "all", "--figures-for", str(b))
+    assert [(call["run_dir"], call["figures"]) for call in evaluate.calls] == [(a, False), (b, True), (c, False)]
+    evaluate.calls.clear()
+    invoke("eval", str(a), str(b), "--no-figures", "--figures-for", str(b))  # --no-figures wins
+    assert [call["figures"] for call in evaluate.calls] == [False, False]
+    evaluate.calls.clear()
+    invoke("eval", str(a), "--figures-for", str(b))  # one run, not named: no figures
+    assert [call["figures"] for call in evaluate.calls] == [False]
+
+
 def test_eval_several_runs_a_failing_run_does_not_stop_the_others(fake, tmp_path):
     from medcli.errors import MedcliError
 

@@ -324,3 +324,18 @@ def test_a_killed_workflow_reruns_only_the_cells_that_had_not_finished(tmp_path)
     assert statuses == ["restored", "trained", "trained"], log[-3000:]
     assert (first / "model.pt").stat().st_ino == inode  # not trained again
     assert (third / "model.pt").is_file() and (tmp_path / "results" / "summary.md").is_file()
+
+
+def test_eval_figures_go_to_each_configurations_first_run_unless_asked_otherwise():
+    config = _demo()
+    grid = wf.expand_grid(config)
+    first = wf.figure_cells(config, grid.cells)
+    assert {(c.backbone, c.strategy) for c in first} == {(c.backbone, c.strategy) for c in grid.cells}  # one per configuration
+    assert {(c.seed, c.fold) for c in first} == {(config["seeds"][0], 0)} and len(first) == len({c.config_name for c in grid.cells})
+    config["eval"]["figures"] = "all"
+    assert wf.figure_cells(config, grid.cells) == grid.cells
+    config["eval"]["figures"] = "none"
+    assert wf.figure_cells(config, grid.cells) == []
+    config["eval"]["figures"] = "some"
+    with pytest.raises(MedcliError, match="eval.figures 'some'"):
+        wf.figure_cells(config, grid.cells)

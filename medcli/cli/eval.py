@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -24,6 +25,8 @@ def eval_cli(
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% intervals (0: none)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Write the figures."),
+    figures_for: Optional[list[Path]] = typer.Option(None, "--figures-for", help="With several runs: write figures for these runs "
+                                                     "only (repeatable; the workflow's eval.figures: first).", show_default=False),
 ) -> None:
     """Predictions, metrics with bootstrap CIs, calibration and figures for trained runs.
 
@@ -37,12 +40,14 @@ def eval_cli(
     options = dict(split=split, tta=tta, data=data, name=name, aliases=opt.aliases(alias), skip_bad=skip_bad,
                    n_bootstrap=bootstrap, seed=seed, figures=figures)
     if len(run) == 1:
+        if figures_for:
+            options["figures"] = figures and os.path.abspath(run[0]) in {os.path.abspath(p) for p in figures_for}
         results = evaluate_run(run[0], **options)
         render(results, Console())
         typer.echo(f"metrics and predictions written under {run[0]}")
         return
     failed = []
-    for run_dir, outcome in evaluate_runs(run, **options):
+    for run_dir, outcome in evaluate_runs(run, figures_for=figures_for, **options):
         typer.echo(f"== {run_dir}")
         if isinstance(outcome, str):
             print_error(outcome)

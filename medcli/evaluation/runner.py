@@ -220,12 +220,15 @@ def evaluate_run(
     return results
 
 
-def evaluate_runs(run_dirs: list[str | os.PathLike], **options) -> Iterator[tuple[str | os.PathLike, dict[str, dict] | str]]:
+def evaluate_runs(run_dirs: list[str | os.PathLike], figures_for: list[str | os.PathLike] | None = None,
+                  **options) -> Iterator[tuple[str | os.PathLike, dict[str, dict] | str]]:
     """Evaluate several runs in one process, one after the other, each with the same ``options``.
 
     ``options`` are the keyword arguments of :func:`evaluate_run` (``split``, ``tta``, ``data``, ``name``,
     ``aliases``, ``skip_bad``, ``n_bootstrap``, ``seed``, ``figures``); each run is scored by
-    :func:`evaluate_run` and writes exactly what it writes, in its own run folder.
+    :func:`evaluate_run` and writes exactly what it writes, in its own run folder. With ``figures_for``, only
+    those runs get figures (when ``figures`` is on): the workflow draws them for one run per configuration,
+    since on a grid of small cells the nine figures of a run cost more than its training.
 
     Yields ``(run_dir, outcome)`` in the order given, as each run finishes: ``outcome`` is the results of
     :func:`evaluate_run`, or, when that run failed, one line naming the run and the reason. A failed run does not
@@ -240,10 +243,12 @@ def evaluate_runs(run_dirs: list[str | os.PathLike], **options) -> Iterator[tupl
         raise MedcliError(f"--split {options['split']!r}: choose one of {', '.join(SPLITS)}")
     if options.get("data") is not None:
         _external_name(options.get("name"), options["data"])
+    drawn = None if figures_for is None else {os.path.abspath(p) for p in figures_for}
     for k, run_dir in enumerate(run_dirs, 1):
         log.info("evaluating run %d of %d: %s", k, len(run_dirs), run_dir)
+        figures = options.get("figures", True) and (drawn is None or os.path.abspath(run_dir) in drawn)
         try:
-            outcome: dict[str, dict] | str = evaluate_run(run_dir, **options)
+            outcome: dict[str, dict] | str = evaluate_run(run_dir, **{**options, "figures": figures})
         except MedcliError as exc:
             message = one_line(exc, limit=1000)
             named = message.startswith((f"{run_dir}:", f"{run_dir}{os.sep}"))  # e.g. "RUN: not a run folder", "RUN/config.json: ..."

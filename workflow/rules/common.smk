@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 
 from snakemake.utils import validate
 
@@ -111,6 +112,16 @@ def eval_args():
     spec = config.get("eval") or {}
     args = f"--bootstrap {int(spec.get('bootstrap', 1000))}"
     return args + (" --tta" if spec.get("tta") else "")
+
+
+def eval_figures_args(batch):
+    """`--figures-for RUN` for the batch's runs that get figures (config eval.figures), else `--no-figures`."""
+    drawn = grid_lib.figure_cells(config, batch.cells)
+    if len(drawn) == len(batch.cells):
+        return ""
+    if not drawn:
+        return "--no-figures"
+    return " ".join("--figures-for " + shlex.quote(paths.run_dir(RESULTS, c.dataset, c.backbone, c.strategy, c.seed, c.fold)) for c in drawn)
 
 
 def all_runs(stage_file):

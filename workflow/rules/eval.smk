@@ -15,6 +15,7 @@ for batch in BATCHES:
         params:
             runs=[paths.run_dir(RESULTS, c.dataset, c.backbone, c.strategy, c.seed, c.fold) for c in batch.cells],
             args=eval_args(),
+            figures=eval_figures_args(batch),
             rerun=RERUN,
         log:
             paths.log_file(LOGS, "eval", batch.dataset, batch.name),
@@ -28,4 +29,4 @@ for batch in BATCHES:
         conda:
             "../envs/medcli.yaml"
         shell:
-            "OMP_NUM_THREADS={threads} medcli eval {params.runs:q} --split all {params.args} > {log:q} 2>&1"
+            "OMP_NUM_THREADS={threads} medcli eval {params.runs:q} --split all {params.args} {params.figures} > {log:q} 2>&1"
