@@ -121,7 +121,8 @@ def eval_figures_args(batch):
         return ""
     if not drawn:
         return "--no-figures"
-    return " ".join("--figures-for " + shlex.quote(paths.run_dir(RESULTS, c.dataset, c.backbone, c.strategy, c.seed, c.fold)) for c in drawn)
+    runs = [paths.run_dir(RESULTS, c.dataset, c.backbone, c.strategy, c.seed, c.fold) for c in drawn]
+    return " ".join(f"--figures-for {shlex.quote(run)}" for run in runs)
 
 
 def all_runs(stage_file):
