@@ -301,11 +301,6 @@ def batch_settings_file(work: str | os.PathLike, dataset: str, batch: str, part:
     return _join(work, dataset, "batches", f"{batch}.{part}.json")
 
 
-def batch_log_file(logs: str | os.PathLike, dataset: str, batch: str) -> str:
-    """The log of a whole training batch (each cell also has its own ``log_file(logs, "train", ...)``)."""
-    return _join(logs, "train", dataset, "batches", f"{batch}.log")
-
-
 def id_salt_file(cache: str | os.PathLike) -> str:
     """``<cache>/id-salt``: the secret salt of DICOM identifier hashes (mode 0600; see medcli.data.layouts.id_salt)."""
     return _join(cache, "id-salt")

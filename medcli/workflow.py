@@ -132,31 +132,33 @@ def expand_grid(config: dict) -> Grid:
 
 
 #: Training cells per workflow job when ``resources.cells_per_job`` is not set (see :func:`plan_batches`).
-DEFAULT_CELLS_PER_JOB = 15  # 3 seeds x 5 folds, a common protocol: one configuration per job
+DEFAULT_CELLS_PER_JOB = 15  # at most; a job holds one configuration's folds of one seed
 
 
 @dataclass(frozen=True)
 class Batch:
-    """Training cells of one configuration (dataset x backbone x strategy) that one workflow job trains in one
-    process (``medcli train --cells``): one SLURM job, one start-up, one rule."""
+    """Training cells of one configuration (dataset x backbone x strategy) and seed that one workflow job trains
+    in one process (``medcli train --cells``): one SLURM job, one start-up, one rule."""
 
     dataset: str
     backbone: str
     strategy: str
-    index: int  # 0, 1, ... within the configuration
+    seed: int
+    index: int  # 0, 1, ... within the configuration and seed (more than one only past cells_per_job folds)
     cells: tuple[Cell, ...]
 
     @property
     def name(self) -> str:
-        """``<backbone>__<strategy>/batch-<index>``: the batch's settings and log files, under its dataset."""
-        return f"{paths.run_name(self.backbone, self.strategy)}/batch-{self.index}"
+        """``<backbone>__<strategy>/seed-<s>/batch-<index>``: the batch's settings and log files, under its dataset."""
+        return f"{paths.run_name(self.backbone, self.strategy)}/seed-{self.seed}/batch-{self.index}"
 
     @property
     def rule(self) -> str:
-        """The Snakemake rule name: ``train__<dataset>__<backbone>__<strategy>__<index>`` as an identifier."""
+        """The Snakemake rule name, an identifier: ``train__<dataset>__<backbone>__<strategy>__s<seed>__<index>``."""
         import re
 
-        return "train__" + "__".join(re.sub(r"\W+", "_", str(part)) for part in (self.dataset, self.backbone, self.strategy, self.index))
+        parts = (self.dataset, self.backbone, self.strategy, f"s{self.seed}", self.index)
+        return "train__" + "__".join(re.sub(r"\W+", "_", str(part)) for part in parts)
 
 
 def cells_per_job(config: dict) -> int:
@@ -170,24 +172,25 @@ def cells_per_gpu(config: dict) -> int:
 
 
 def plan_batches(grid: Grid, per_job: int) -> list[Batch]:
-    """The grid's training cells in jobs of at most ``per_job`` cells, each job one configuration's cells in order
-    (seed, then fold).
+    """The grid's training cells in jobs of at most ``per_job`` cells: one configuration and seed per job, its folds
+    in order (more than one job per seed only when it has more than ``per_job`` folds).
 
-    A configuration's cells are cut into consecutive chunks of ``per_job``: adding seeds or configurations to a
-    config leaves the earlier batches as they were (so Snakemake does not train their cells again), and one job
-    never mixes datasets or models. Rule names are unique (a :class:`MedcliError` otherwise: two names that differ
-    only in punctuation).
+    A job never mixes seeds, configurations or datasets, so adding seeds or configurations to a config adds jobs
+    and leaves the existing ones (their cells, their rerun triggers) as they were: Snakemake trains only the new
+    cells. (A job holding several seeds would be fuller, but adding a seed would change it, and Snakemake reruns a
+    job whose outputs change, training its finished cells again.) Rule names are unique (a :class:`MedcliError`
+    otherwise: two names that differ only in punctuation).
     """
     if per_job < 1:
         raise MedcliError(f"config key resources.cells_per_job {per_job}: must be at least 1")
-    groups: dict[tuple[str, str, str], list[Cell]] = {}
+    groups: dict[tuple[str, str, str, int], list[Cell]] = {}
     for cell in grid.cells:
-        groups.setdefault((cell.dataset, cell.backbone, cell.strategy), []).append(cell)
+        groups.setdefault((cell.dataset, cell.backbone, cell.strategy, cell.seed), []).append(cell)
     batches = []
-    for (dataset, backbone, strategy), cells in groups.items():
-        cells.sort(key=lambda c: (c.seed, c.fold))
+    for (dataset, backbone, strategy, seed), cells in groups.items():
+        cells.sort(key=lambda c: c.fold)
         for index, start in enumerate(range(0, len(cells), per_job)):
-            batches.append(Batch(dataset, backbone, strategy, index, tuple(cells[start:start + per_job])))
+            batches.append(Batch(dataset, backbone, strategy, seed, index, tuple(cells[start:start + per_job])))
     rules: dict[str, Batch] = {}
     for batch in batches:
         if batch.rule in rules:

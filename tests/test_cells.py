@@ -102,15 +102,28 @@ def test_cells_in_one_process_write_the_run_folders_of_single_runs(data, tmp_pat
     assert not list((multi / "work").rglob("finished"))
 
 
+def _broken(cell: dict, tmp_path: Path) -> dict:
+    """The cell, starting from a weights file that exists but is not one: it fails when its turn comes."""
+    (tmp_path / "broken.safetensors").write_bytes(b"not a weights file")
+    return {**cell, "strategy": "full", "weights": str(tmp_path / "broken.safetensors")}
+
+
+def test_a_fold_the_splits_do_not_have_is_refused_before_any_cell_trains(data, tmp_path):
+    cells = _cells(data, tmp_path)[:2]
+    with pytest.raises(MedcliError, match=r"cell 2 \(.*\): fold 7: .*splits.json has folds 0..2"):
+        train_cells([from_dict(cells[0]), from_dict({**cells[1], "fold": 7})])
+    assert not (tmp_path / "results").exists()
+
+
 def test_a_failing_cell_does_not_stop_the_others_and_the_rerun_trains_only_it(data, tmp_path):
     cells = _cells(data, tmp_path)[:2]
-    bad = {**cells[1], "fold": 7}  # the splits have folds 0..2
+    bad = _broken(cells[1], tmp_path)
     file = tmp_path / "cells.yaml"
     file.write_text(yaml.safe_dump([cells[0], bad]))
     result = CliRunner().invoke(app, ["train", "--cells", str(file)])
     assert result.exit_code == 1
     last = result.output.strip().splitlines()[-1]
-    assert "1 of 2 cells failed" in last and "fold 7" in last and "Traceback" not in result.output
+    assert "1 of 2 cells failed" in last and "broken.safetensors" in last and "Traceback" not in result.output
     good = Path(paths.run_dir(tmp_path / "results", "d", "customcnn", "scratch", 0, 0))
     model = good / "model.pt"
     assert model.is_file()
@@ -131,7 +144,7 @@ def test_a_failing_cell_does_not_stop_the_others_and_the_rerun_trains_only_it(da
 
 def test_a_finished_copy_of_other_settings_is_not_restored(data, tmp_path):
     cell = _cells(data, tmp_path)[0]
-    failing = {**_cells(data, tmp_path)[1], "fold": 9}
+    failing = _broken(_cells(data, tmp_path)[1], tmp_path)
     train_cells([from_dict(cell), from_dict(failing)])
     run = Path(paths.run_dir(tmp_path / "results", "d", "customcnn", "scratch", 0, 0))
     before = json.loads((run / "config.json").read_text())
@@ -236,3 +249,12 @@ def test_cells_sit_on_top_of_the_config_file_and_under_the_options(tmp_path, mon
     assert [(c.fold, c.out, c.epochs, c.lr, c.backbone) for c in got] == [(0, "a", 3, 0.01, "customcnn"), (1, "b", 3, 0.01, "customcnn")]
     assert (at_once, logs) == (2, tmp_path / "logs")
     assert [c.given >= {"fold", "out", "epochs", "lr", "data"} for c in got] == [True, True]  # recipes see what was given
+
+
+def test_training_into_a_run_folder_removes_the_model_card_of_the_model_it_replaces(data, tmp_path):
+    cell = _cells(data, tmp_path)[0]
+    run = Path(paths.run_dir(tmp_path / "results", "d", "customcnn", "scratch", 0, 0))
+    run.mkdir(parents=True)
+    Path(paths.model_card_file(run)).write_text("# Model card of an older model\n")
+    train(from_dict(cell))
+    assert (run / "model.pt").is_file() and not Path(paths.model_card_file(run)).exists()

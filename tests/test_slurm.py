@@ -55,7 +55,7 @@ def test_workflow_runs_through_slurm_with_the_shipped_profile(slurm, tmp_path):
     # synth, inspect, split, one training and one evaluation job for both cells, and Grad-CAM went through SLURM;
     # the report ran on the "login node"
     assert states.count("COMPLETED") >= 6, acct.stdout
-    sbatch_logs = {rule: list((tmp_path / "logs" / "slurm").glob(f"rule_{rule}/**/*.log")) for rule in ("train__tiny__customcnn__scratch__0", "eval__tiny__customcnn__scratch__0")}
+    sbatch_logs = {rule: list((tmp_path / "logs" / "slurm").glob(f"rule_{rule}/**/*.log")) for rule in ("train__tiny__customcnn__scratch__s0__0", "eval__tiny__customcnn__scratch__s0__0")}
     assert {rule: len(found) for rule, found in sbatch_logs.items()} == {rule: 1 for rule in sbatch_logs}, list((tmp_path / "logs" / "slurm").rglob("*"))
     for fold in (0, 1):  # each cell has its own log, written by the one training process
         assert "best epoch" in (tmp_path / "logs" / "train" / "tiny" / "customcnn__scratch" / "seed-0" / f"fold-{fold}.log").read_text()

@@ -40,7 +40,7 @@ def test_demo_config_dry_run_builds_the_whole_dag(tmp_path):
     out = proc.stdout + proc.stderr
     grid = wf.expand_grid(_demo())
     batches = wf.plan_batches(grid, wf.cells_per_job(_demo()))
-    assert sum(len(b.cells) for b in batches) == len(grid.cells) == 36 and len(batches) == 6  # 6 configurations x 2 seeds x 3 folds
+    assert sum(len(b.cells) for b in batches) == len(grid.cells) == 36 and len(batches) == 12  # 6 configurations x 2 seeds x 3 folds
     stats = dict(line.split() for line in out[out.index("Job stats:"):].splitlines()[3:] if len(line.split()) == 2)
     assert {name for name in stats if name.startswith("train__")} == {b.rule for b in batches}
     assert sum(int(n) for name, n in stats.items() if name.startswith(("train__", "eval__"))) == 2 * len(batches)
@@ -169,9 +169,9 @@ def test_big_grid_dry_run_is_quick(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     stats = dict(line.split() for line in out[out.index("Job stats:"):].splitlines()[3:] if len(line.split()) == 2)
-    # one training and one evaluation job per configuration (3 seeds x 5 folds = 15 cells each), not one per cell
-    assert sum(int(n) for name, n in stats.items() if name.startswith("train__")) == 40
-    assert sum(int(n) for name, n in stats.items() if name.startswith("eval__")) == 40
+    # one training and one evaluation job per configuration and seed (5 folds each), not one per cell
+    assert sum(int(n) for name, n in stats.items() if name.startswith("train__")) == 120
+    assert sum(int(n) for name, n in stats.items() if name.startswith("eval__")) == 120
 
 
 @pytest.mark.slow
@@ -257,20 +257,21 @@ def _cells_of(batches):
     return [[(c.dataset, c.backbone, c.strategy, c.seed, c.fold) for c in b.cells] for b in batches]
 
 
-def test_batches_hold_one_configuration_each_and_stay_put_when_seeds_are_added():
+def test_batches_hold_one_configuration_and_seed_each_and_stay_put_when_seeds_or_models_are_added():
     config = _demo()
     grid = wf.expand_grid(config)
-    batches = wf.plan_batches(grid, 4)
+    batches = wf.plan_batches(grid, 2)
     assert sorted(cell for b in _cells_of(batches) for cell in b) == sorted((c.dataset, c.backbone, c.strategy, c.seed, c.fold) for c in grid.cells)
-    assert all(len({(c.backbone, c.strategy) for c in b.cells}) == 1 and 1 <= len(b.cells) <= 4 for b in batches)
-    assert [len(b.cells) for b in batches if b.backbone == "resnet18" and b.strategy == "full"] == [4, 2]  # 2 seeds x 3 folds
+    assert all(len({(c.backbone, c.strategy, c.seed) for c in b.cells}) == 1 and 1 <= len(b.cells) <= 2 for b in batches)
+    assert [[c.fold for c in b.cells] for b in batches if (b.backbone, b.strategy, b.seed) == ("resnet18", "full", 1)] == [[0, 1], [2]]
     assert len({b.rule for b in batches}) == len(batches) and all(b.rule.isidentifier() for b in batches)
+    assert len(wf.plan_batches(grid, 15)) == 12  # 6 configurations x 2 seeds, each seed's 3 folds in one job
     config["seeds"] = [0, 1, 2]
-    more = wf.plan_batches(wf.expand_grid(config), 4)
-    # the batches that existed hold the same cells (no retraining of what was trained), or more only at their end
-    for old in batches:
-        new = next(b for b in more if b.rule == old.rule)
-        assert _cells_of([new])[0][:len(old.cells)] == _cells_of([old])[0]
+    config["backbones"]["resnet50"] = {}
+    more = {b.rule: b for b in wf.plan_batches(wf.expand_grid(config), 2)}
+    for old in batches:  # every existing job keeps exactly its cells: Snakemake retrains none of them
+        assert _cells_of([more[old.rule]]) == _cells_of([old])
+    assert len(more) > len(batches)
     with pytest.raises(MedcliError, match="cells_per_job 0"):
         wf.plan_batches(grid, 0)
 
@@ -285,7 +286,7 @@ def test_two_configurations_with_one_rule_name_are_refused():
     config = _demo()
     config["backbones"] = {"resnet18": {}}
     config["strategies"] = {"two-phase": {}, "two_phase": {}}
-    grid = wf.Grid(cells=[wf.Cell("demo", "resnet18", s, 0, 0, "none") for s in ("two-phase", "two_phase")])
+    grid = wf.Grid(cells=[wf.Cell("demo", "resnet18", s, 0, 0, "none") for s in ("two-phase", "two_phase")])  # one seed
     with pytest.raises(MedcliError, match="same workflow rule name"):
         wf.plan_batches(grid, 15)
 
@@ -319,7 +320,7 @@ def test_a_killed_workflow_reruns_only_the_cells_that_had_not_finished(tmp_path)
     assert _snakemake(tmp_path, "--unlock").returncode == 0
     again = _snakemake(tmp_path, "--cores", "2", "--rerun-incomplete")
     assert again.returncode == 0, again.stderr[-4000:]
-    log = (tmp_path / paths.batch_log_file("logs", "tiny", "customcnn__scratch/batch-0")).read_text()
+    log = (tmp_path / paths.log_file("logs", "train", "tiny", "customcnn__scratch/seed-0/batch-0")).read_text()
     statuses = [line.split()[0] for line in log.splitlines() if line.split()[:1] in (["restored"], ["trained"], ["failed"])]
     assert statuses == ["restored", "trained", "trained"], log[-3000:]
     assert (first / "model.pt").stat().st_ino == inode  # not trained again

@@ -76,7 +76,9 @@ def train_cells(cells: Sequence[TrainConfig], *, at_once: int = 1, logs: str | o
         raise MedcliError(f"--cells-at-once {at_once}: must be at least 1")
     if at_once > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise MedcliError("--cells-at-once: several cells at once cannot be combined with a multi-process (torchrun) launch; use one or the other")
-    _check_distinct([_resolved(cfg) for cfg in cells])  # settings errors now, before any cell trains
+    resolved = [_resolved(cfg) for cfg in cells]  # settings errors now, before any cell trains
+    _check_distinct(resolved)
+    _check_folds(resolved)
     logs = None if logs is None else str(logs)
     if at_once == 1 or len(cells) == 1:
         results = [train_cell(cfg, logs=logs, tag=_tag(k, len(cells))) for k, cfg in enumerate(cells)]
@@ -217,7 +219,7 @@ def _train_in_workers(cells: list[TrainConfig], at_once: int, logs: str | None) 
                 results[k] = future.result()
             except BrokenProcessPool:
                 results[k] = CellResult(cells[k].out, "failed", 0.0, error="its worker process died (killed, or out of memory)")
-            log.info("cell %s: %s", cells[k].out, results[k].status)
+            log.info("cell %d/%d %s: %s", k + 1, len(cells), results[k].out, results[k].status)
     return [r for r in results if r is not None]
 
 
@@ -258,6 +260,24 @@ def _check_distinct(cells: list[TrainConfig]) -> None:
         if out in seen:
             raise MedcliError(f"cells {seen[out] + 1} and {k + 1} would both write the run folder {cfg.out}; give them different seeds, folds or --out")
         seen[out] = k
+
+
+def _check_folds(cells: list[TrainConfig]) -> None:
+    """A fold the cell's (existing) splits file does not have is an error of the cells list: refused before any
+    cell trains, naming the cell."""
+    import json
+
+    folds: dict[str, int | None] = {}
+    for k, cfg in enumerate(cells):
+        splits = cfg.splits or paths.splits_file(cfg.results, cfg.dataset_name)
+        if splits not in folds:
+            try:
+                folds[splits] = len(json.loads(Path(splits).read_text())["folds"])
+            except (OSError, ValueError, KeyError, TypeError):
+                folds[splits] = None  # made by the first cell, or reported by training as it reads it
+        n = folds[splits]
+        if n is not None and not 0 <= cfg.fold < n:
+            raise MedcliError(f"cell {k + 1} ({cfg.out}): fold {cfg.fold}: {splits} has folds 0..{n - 1}")
 
 
 def _tag(k: int, n: int) -> str:

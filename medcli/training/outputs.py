@@ -7,6 +7,7 @@ written by :func:`medcli.runs.write_predictions`, the one writer of that format.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 import platform
@@ -30,6 +31,8 @@ def write_outputs(cfg, fold, model, history: list[dict], val_logits: np.ndarray,
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    # a model card describes the model it was written for: one left from a model trained here before would lie
+    Path(paths.model_card_file(out)).unlink(missing_ok=True)
     write_predictions(
         paths.predictions_file(out, "val"), fold.val.ids, [fold.paths_by_id[i] for i in fold.val.ids],
         fold.val.labels.numpy(), val_logits, fold.classes, fold=cfg.fold, seed=cfg.seed, split="val",
@@ -87,8 +90,10 @@ def write_history(path, history: list[dict]) -> None:
     write_text(path, buf.getvalue())
 
 
+@functools.lru_cache(maxsize=1)
 def git_revision() -> str | None:
-    """The git commit of the medcli source (with ``-dirty`` for local changes), or None outside a checkout."""
+    """The git commit of the medcli source (with ``-dirty`` for local changes), or None outside a checkout; read
+    once per process, so every cell trained by one process records the same revision."""
     src = Path(__file__).resolve().parents[2]
     try:
         rev = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)

@@ -1,4 +1,4 @@
-# Training: one job per batch of grid cells (one configuration's seeds and folds, at most
+# Training: one job per batch of grid cells (one configuration's folds of one seed, at most
 # `resources.cells_per_job` of them), each batch a rule of its own with the cells' run files as outputs. A job
 # trains its cells one after another in one process (`medcli train --cells`), `resources.cells_per_gpu` at a
 # time, so the start-up (imports, CUDA, dataset index) is paid once per job and a grid of 600 cells is tens of
@@ -28,7 +28,7 @@ for batch in BATCHES:
             launch=LAUNCH,
             rerun=RERUN,
         log:
-            paths.batch_log_file(LOGS, batch.dataset, batch.name),
+            paths.log_file(LOGS, "train", batch.dataset, batch.name),
             [cell_log(cell) for cell in batch.cells],
         benchmark:
             paths.benchmark_file(LOGS, "train", batch.dataset, batch.name)
