@@ -1,7 +1,7 @@
 """B6: grid throughput. The same grid run as one process (and one job) per cell, and as batches of cells per job.
 
     python benchmarks/grid.py                      # the demo grid (config.yaml): 36 cells, 64 px, 6 epochs
-    python benchmarks/grid.py --grid small         # the demo grid with 1-epoch 32 px cells: start-up dominates
+    python benchmarks/grid.py --grid small         # the demo grid with 5 folds of 1-epoch 32 px cells: start-up dominates
     python benchmarks/grid.py --grid chest-ct      # 4 configurations x 5 folds x 3 seeds on chest CT at 224 px (GPU)
 
 Each setting runs in a fresh folder with the repository's Snakefile: first the data and pretraining steps (not
@@ -10,7 +10,7 @@ cells' ``metrics/test.json``). Settings (``resources`` of the workflow config):
 
 * ``one per cell``: ``cells_per_job: 1``, each cell trained by its own ``medcli train`` process and evaluated by
   its own ``medcli eval`` process, as the workflow did before batches;
-* ``batched``: the default ``cells_per_job`` (one configuration's seeds x folds per job);
+* ``batched``: the default ``cells_per_job`` (one configuration's folds of one seed per job);
 * with ``--at-once N`` also ``batched, N at once``: ``cells_per_gpu: N`` (N cells training side by side in a job).
 
 Printed per setting: wall seconds, cells per hour, the ratio to one process per cell measured in the same run,
@@ -41,6 +41,7 @@ def grid_config(name: str, data: Path | None) -> dict:
 
     config = yaml.safe_load((C.REPO / "config.yaml").read_text())
     if name == "small":
+        config["datasets"]["demo"]["folds"] = 5  # the usual protocol: 2 seeds x 5 folds per configuration
         config["train"].update(epochs=1, img_size=32)
         config["pretrain"].update(epochs=2)
         config["eval"]["bootstrap"] = 100
