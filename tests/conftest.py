@@ -59,3 +59,18 @@ def synthetic_fold_data(root: Path, *, per_class: int, folds: int, n_classes: in
     data = make_synthetic(root / "d", layout="presplit", n_classes=n_classes, per_class=per_class, size=size, noise=0.1)
     split_data(data, root / "splits.json", folds=folds, seed=0)
     return data, root / "splits.json"
+
+
+def tiny_runs(root: Path, *, folds: tuple[int, ...] = (0, 1), n_classes: int = 2) -> tuple[Path, list[Path]]:
+    """``(data, run folders)``: tiny customcnn runs (2 epochs, 32 px grayscale) of the given folds of one synthetic
+    dataset under ``root``, for tests that evaluate or apply real runs."""
+    from medcli.training import TrainConfig, train
+
+    data, splits = synthetic_fold_data(root, per_class=12, folds=max(folds) + 1, n_classes=n_classes)
+    runs = []
+    for fold in folds:
+        cfg = TrainConfig(data=str(data), splits=str(splits), backbone="customcnn", strategy="scratch", epochs=2, batch_size=16,
+                          img_size=32, channels=1, fold=fold, results=str(root / "results"), work=str(root / "work"),
+                          cache_dir=str(root / "cache"), progress=False)
+        runs.append(Path(train(cfg)["out"]))
+    return Path(data), runs

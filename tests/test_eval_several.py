@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import synthetic_fold_data
+from tests.conftest import tiny_runs
 from medcli import paths
 from medcli.cli import app
-from medcli.training import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,14 +29,7 @@ def _remove_outputs(run: Path) -> None:
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory) -> list[Path]:
     """Two tiny trained runs (folds 0 and 1 of one synthetic dataset)."""
-    root = tmp_path_factory.mktemp("several")
-    data, splits = synthetic_fold_data(root, per_class=12, folds=2, n_classes=2)
-    out = []
-    for fold in (0, 1):
-        cfg = TrainConfig(data=str(data), splits=str(splits), backbone="customcnn", strategy="scratch", epochs=2, batch_size=16,
-                          img_size=32, channels=1, fold=fold, results=str(root / "results"), work=str(root / "work"),
-                          cache_dir=str(root / "cache"), progress=False)
-        out.append(Path(train(cfg)["out"]))
+    _, out = tiny_runs(tmp_path_factory.mktemp("several"))
     assert out[0] != out[1]
     return out
 

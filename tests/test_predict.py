@@ -13,13 +13,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.conftest import save_image, synthetic_fold_data
+from tests.conftest import save_image, tiny_runs
 from medcli import paths, runs
 from medcli.cli import app
 from medcli.errors import MedcliError
 from medcli.evaluation.runner import evaluate_run
 from medcli.prediction import predict
-from medcli.training import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,16 +27,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def trained(tmp_path_factory) -> dict:
     """Two tiny binary runs (folds 0 and 1, 32 px grayscale PNGs), both evaluated with `medcli eval --split all`."""
     root = tmp_path_factory.mktemp("predict")
-    data, splits = synthetic_fold_data(root, per_class=12, folds=2, n_classes=2)
-    out = []
-    for fold in (0, 1):
-        cfg = TrainConfig(data=str(data), splits=str(splits), backbone="customcnn", strategy="scratch", epochs=2, batch_size=16,
-                          img_size=32, channels=1, fold=fold, results=str(root / "results"), work=str(root / "work"),
-                          cache_dir=str(root / "cache"), progress=False)
-        out.append(Path(train(cfg)["out"]))
+    data, out = tiny_runs(root)
     for run in out:
         evaluate_run(run, split="all", n_bootstrap=0, figures=False)
-    return {"root": root, "data": Path(data), "runs": out, "results": root / "results"}
+    return {"root": root, "data": data, "runs": out, "results": root / "results"}
 
 
 def _rows(path: Path) -> list[dict]:
