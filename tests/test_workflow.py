@@ -165,7 +165,7 @@ def test_big_grid_dry_run_is_quick(tmp_path):
     config["strategies"] = {"scratch": {}, "linear": {}, "partial": {}, "full": {}, "two-phase": {}}
     config["seeds"] = [0, 1, 2]
     assert len(wf.expand_grid(config).cells) == 600
-    proc = _snakemake(tmp_path, "-n", "--cores", "1", "--quiet", config=config, timeout=300)
+    proc = _snakemake(tmp_path, "-n", "--cores", "1", config=config, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     stats = dict(line.split() for line in out[out.index("Job stats:"):].splitlines()[3:] if len(line.split()) == 2)
