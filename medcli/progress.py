@@ -23,6 +23,11 @@ def is_interactive() -> bool:
     return sys.stderr.isatty()
 
 
+def plain_formatter() -> logging.Formatter:
+    """Timestamped plain lines (``2026-11-30 04:20:07 INFO message``), for logs that are files (SLURM, per cell)."""
+    return logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Send the ``medcli`` logger to stderr: rich on a terminal, plain timestamped lines elsewhere."""
     level = logging.DEBUG if verbose else logging.INFO
@@ -37,7 +42,7 @@ def setup_logging(verbose: bool = False) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        handler.setFormatter(plain_formatter())
     handler._medcli = True  # type: ignore[attr-defined]
     log.addHandler(handler)
     log.propagate = False

@@ -237,14 +237,18 @@ def _checked_scopes(scopes) -> dict[str, Any]:
     return settings
 
 
-def job_settings(settings: dict[str, Any], *, data: str, name: str, weights: str, out: str, results: str, work: str, cache: str,
-                 splits: str | None = None) -> str:
-    """Everything ``medcli train --config FILE`` needs for one job, as the JSON text the rule writes to FILE.
-
-    The text is also the rule's rerun trigger: a job reruns exactly when its own settings change.
+def job_settings(settings: dict[str, Any], **job) -> str:
+    """Everything ``medcli train --config FILE`` needs for one job (:func:`job_body`), as the JSON text the rule
+    writes to FILE. The text is also the rule's rerun trigger: a job reruns exactly when its own settings change.
     """
     import json
 
+    return json.dumps(job_body(settings, **job), sort_keys=True)
+
+
+def job_body(settings: dict[str, Any], *, data: str, name: str, weights: str, out: str, results: str, work: str, cache: str,
+             splits: str | None = None) -> dict[str, Any]:
+    """A cell's training settings plus the job's data, splits, weights and folders, every key checked."""
     from .training.config import check_keys
 
     body = {**settings, "data": str(data), "dataset_name": name, "weights": str(weights), "out": str(out),
@@ -252,7 +256,7 @@ def job_settings(settings: dict[str, Any], *, data: str, name: str, weights: str
     if splits is not None:
         body["splits"] = str(splits)
     check_keys(body)
-    return json.dumps(body, sort_keys=True)
+    return body
 
 
 def figure_cells(config: dict, cells) -> list[Cell]:
@@ -270,7 +274,7 @@ def figure_cells(config: dict, cells) -> list[Cell]:
 
 def batch_settings(cells: list[dict[str, Any]]) -> tuple[str, str]:
     """``(common, cells)``: the JSON texts of a batch job's ``medcli train --config COMMON --cells CELLS`` files, from
-    each cell's settings (as :func:`job_settings` makes them): the settings every cell shares, and per cell the
+    each cell's settings (as :func:`job_body` makes them): the settings every cell shares, and per cell the
     rest (seed, fold, run folder). Both texts together are the job's rerun trigger."""
     import json
 

@@ -30,7 +30,8 @@ from pathlib import Path
 from .. import paths
 from .._io import read_json, write_json
 from ..errors import MedcliError
-from .config import TrainConfig, resolve, work_dir
+from ..progress import plain_formatter
+from .config import TrainConfig, resolve, splits_file, work_dir
 
 log = logging.getLogger("medcli")
 
@@ -83,9 +84,9 @@ def train_cells(cells: Sequence[TrainConfig], *, at_once: int = 1, logs: str | o
     if at_once == 1 or len(cells) == 1:
         results = [train_cell(cfg, logs=logs, tag=_tag(k, len(cells))) for k, cfg in enumerate(cells)]
     else:
-        results = _train_in_workers(cells, at_once, logs)
+        results = _train_in_workers(cells, resolved, at_once, logs)
     if all(r.ok for r in results) and _is_main_process():
-        for cfg in map(_resolved, cells):
+        for cfg in resolved:
             shutil.rmtree(paths.finished_copy_dir(work_dir(cfg)), ignore_errors=True)
     return results
 
@@ -164,16 +165,13 @@ def restore_finished(cfg: TrainConfig) -> dict | None:
 def _current_fingerprints(cfg: TrainConfig) -> tuple[str, str]:
     """(splits fingerprint, data fingerprint) of the splits ``cfg`` reads, checked against the dataset as training
     checks them."""
-    from ..data import load_dataset
-    from ..data.decode import DecodeOptions
+    from ..runs import load_run_dataset
     from ..splits import load_splits, splits_fingerprint
 
-    splits_path = cfg.splits or paths.splits_file(cfg.results, cfg.dataset_name)
+    splits_path = splits_file(cfg)
     if not os.path.exists(splits_path):
         return ("", "")
-    dataset = load_dataset(cfg.data, cfg.layout, cfg.aliases, decode=DecodeOptions(window=cfg.window, frame=cfg.frame),
-                           group_by=cfg.group_by, cache_dir=cfg.cache_dir)
-    doc = load_splits(splits_path, dataset)
+    doc = load_splits(splits_path, load_run_dataset(cfg.to_dict()))
     return splits_fingerprint(doc), doc["dataset"]["fingerprint"]
 
 
@@ -198,8 +196,9 @@ def _link_files(src: Path, dst: Path, names: list[Path]) -> None:
 # --- processes ----------------------------------------------------------------------------------------------------
 
 
-def _train_in_workers(cells: list[TrainConfig], at_once: int, logs: str | None) -> list[CellResult]:
-    """Cells spread over ``at_once`` spawned worker processes, each taking the next cell when it is free."""
+def _train_in_workers(cells: list[TrainConfig], resolved: list[TrainConfig], at_once: int, logs: str | None) -> list[CellResult]:
+    """Cells spread over ``at_once`` spawned worker processes, each taking the next cell when it is free
+    (``resolved``: the same cells resolved, for the run folder of a cell whose worker died)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
@@ -218,7 +217,7 @@ def _train_in_workers(cells: list[TrainConfig], at_once: int, logs: str | None) 
             try:
                 results[k] = future.result()
             except BrokenProcessPool:
-                results[k] = CellResult(cells[k].out, "failed", 0.0, error="its worker process died (killed, or out of memory)")
+                results[k] = CellResult(resolved[k].out, "failed", 0.0, error="its worker process died (killed, or out of memory)")
             log.info("cell %d/%d %s: %s", k + 1, len(cells), results[k].out, results[k].status)
     return [r for r in results if r is not None]
 
@@ -269,7 +268,7 @@ def _check_folds(cells: list[TrainConfig]) -> None:
 
     folds: dict[str, int | None] = {}
     for k, cfg in enumerate(cells):
-        splits = cfg.splits or paths.splits_file(cfg.results, cfg.dataset_name)
+        splits = splits_file(cfg)
         if splits not in folds:
             try:
                 folds[splits] = len(json.loads(Path(splits).read_text())["folds"])
@@ -312,7 +311,7 @@ class _cell_logging:
         if self.path:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self.handler = logging.FileHandler(self.path, mode="w", encoding="utf-8")
-            self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+            self.handler.setFormatter(plain_formatter())
             log.addHandler(self.handler)
             self.level = log.level
             if log.getEffectiveLevel() > logging.INFO:  # the cell's log file gets its progress lines in any case
@@ -333,11 +332,8 @@ class _cell_logging:
 
 def _release_memory() -> None:
     """What one cell held (model, optimizer, images on the GPU) is freed before the next starts."""
-    gc.collect()
-    try:
-        import torch
+    import torch
 
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

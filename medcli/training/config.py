@@ -539,6 +539,13 @@ def default_augment(strategy: str) -> bool:
     return strategy != "linear"
 
 
+def splits_file(cfg: TrainConfig) -> str:
+    """The splits file a resolved ``cfg`` reads: ``--splits``, else ``<results>/<dataset>/splits.json``."""
+    from .. import paths
+
+    return cfg.splits or paths.splits_file(cfg.results, cfg.dataset_name)
+
+
 def work_dir(cfg: TrainConfig) -> str:
     """Where the resume checkpoint lives: outside the run folder (never a declared workflow output).
 

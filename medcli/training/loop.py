@@ -33,10 +33,10 @@ import torch.nn as nn
 from .. import paths
 from ..errors import MedcliError
 from ..inference import infer
-from ..runs import history_column
+from ..runs import history_column, load_run_dataset
 from ..preprocess import AugmentSettings, to_model_input
 from .batches import ImageSet, index_loader, keep_on_device, normalization
-from .config import MONITORS, TrainConfig, resolve, resolve_budget, work_dir
+from .config import MONITORS, TrainConfig, resolve, resolve_budget, splits_file, work_dir
 from .early_stopping import EarlyStopping
 from .resume import resume_state, save_checkpoint
 
@@ -89,15 +89,12 @@ def make_accelerator(cfg: TrainConfig):
 
 def load_fold(cfg: TrainConfig, accelerator) -> Fold:
     """Index the dataset, read (or make) the splits, materialize the images once, return this fold's data."""
-    from ..data import load_dataset
-    from ..data.decode import DecodeOptions
     from ..data.store import StoreSettings, materialize
     from ..models import get_backbone
     from ..splits import Advice, load_splits, split_data, splits_fingerprint
 
-    dataset = load_dataset(cfg.data, cfg.layout, cfg.aliases, decode=DecodeOptions(window=cfg.window, frame=cfg.frame),
-                           group_by=cfg.group_by, cache_dir=cfg.cache_dir)
-    splits_path = cfg.splits or paths.splits_file(cfg.results, cfg.dataset_name)
+    dataset = load_run_dataset(cfg.to_dict())
+    splits_path = splits_file(cfg)
     if not os.path.exists(splits_path):
         if cfg.splits:
             raise MedcliError(f"--splits {cfg.splits}: file not found; make it with `medcli split`")

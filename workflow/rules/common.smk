@@ -1,6 +1,5 @@
 # Config validation, the experiment grid and every path pattern, all from medcli itself.
 
-import json
 import os
 import shlex
 
@@ -53,21 +52,14 @@ def mem_mb(stage):
     return lambda wildcards, attempt: base * attempt
 
 
-# Every training job looks its cell up several times while the DAG is built: a dict, not a scan of the grid.
-CELLS = {(c.dataset, c.backbone, c.strategy, str(c.seed), str(c.fold)): c for c in GRID.cells}
-
-
 def backbone_of(wildcards):
     """The backbone name of a `{backbone}` wildcard (folder names percent-encode `/` and `:` of Hub names)."""
     return paths.parse_backbone_dirname(wildcards.backbone)
 
 
-def cell_of(wildcards):
-    key = (wildcards.dataset, backbone_of(wildcards), wildcards.strategy, str(wildcards.seed), str(wildcards.fold))
-    try:
-        return CELLS[key]
-    except KeyError:
-        raise ValueError(f"no grid cell for {dict(wildcards)}") from None
+def cell_run_dir(cell):
+    """The run folder of a grid cell (medcli.workflow.Cell)."""
+    return paths.run_dir(RESULTS, cell.dataset, cell.backbone, cell.strategy, cell.seed, cell.fold)
 
 
 def run_dir(wildcards):
@@ -121,12 +113,12 @@ def eval_figures_args(batch):
         return ""
     if not drawn:
         return "--no-figures"
-    runs = [paths.run_dir(RESULTS, c.dataset, c.backbone, c.strategy, c.seed, c.fold) for c in drawn]
+    runs = [cell_run_dir(c) for c in drawn]
     return " ".join(f"--figures-for {shlex.quote(run)}" for run in runs)
 
 
 def all_runs(stage_file):
-    return [stage_file(paths.run_dir(RESULTS, c.dataset, c.backbone, c.strategy, c.seed, c.fold)) for c in GRID.cells]
+    return [stage_file(cell_run_dir(c)) for c in GRID.cells]
 
 
 def ensemble_member_configs(dataset, name):
@@ -139,7 +131,7 @@ def ensemble_member_configs(dataset, name):
 
 def ensemble_inputs(wildcards):
     return [
-        paths.predictions_file(paths.run_dir(RESULTS, c.dataset, c.backbone, c.strategy, c.seed, c.fold), split)
+        paths.predictions_file(cell_run_dir(c), split)
         for c in GRID.cells
         if c.dataset == wildcards.dataset and str(c.seed) == wildcards.seed
         and c.config_name in ensemble_member_configs(wildcards.dataset, wildcards.name)
@@ -169,7 +161,7 @@ def all_ensembles():
 def all_gradcam():
     split = (grid_lib.gradcam_settings(config) or {}).get("split", "test")
     return [
-        paths.gradcam_index_file(paths.run_dir(RESULTS, c.dataset, c.backbone, c.strategy, c.seed, c.fold), split)
+        paths.gradcam_index_file(cell_run_dir(c), split)
         for c in grid_lib.gradcam_cells(config, GRID)
     ]
 
@@ -181,7 +173,7 @@ CELLS_AT_ONCE = grid_lib.cells_per_gpu(config)
 
 
 def train_outputs(cell):
-    return paths.training_outputs(paths.run_dir(RESULTS, cell.dataset, cell.backbone, cell.strategy, cell.seed, cell.fold))
+    return paths.training_outputs(cell_run_dir(cell))
 
 
 def batch_weights(batch):
@@ -199,11 +191,11 @@ def batch_texts(batch):
     """The `--config` and `--cells` texts of a batch job (medcli.workflow.batch_settings)."""
     _, weights = batch_weights(batch)
     return grid_lib.batch_settings([
-        json.loads(grid_lib.job_settings(
+        grid_lib.job_body(
             grid_lib.train_settings(config, cell), data=grid_lib.dataset_path(config, cell.dataset), name=cell.dataset,
             weights=weights, splits=paths.splits_file(RESULTS, cell.dataset), results=RESULTS, work=WORK, cache=CACHE,
-            out=paths.run_dir(RESULTS, cell.dataset, cell.backbone, cell.strategy, cell.seed, cell.fold),
-        ))
+            out=cell_run_dir(cell),
+        )
         for cell in batch.cells
     ])
 
@@ -222,5 +214,5 @@ def batch_mem_mb():
 
 
 def eval_outputs(cell):
-    run = paths.run_dir(RESULTS, cell.dataset, cell.backbone, cell.strategy, cell.seed, cell.fold)
+    run = cell_run_dir(cell)
     return [paths.predictions_file(run, "test"), paths.metrics_file(run, "test"), paths.metrics_file(run, "val")]

@@ -13,7 +13,7 @@ for batch in BATCHES:
         output:
             [f for cell in batch.cells for f in eval_outputs(cell)],
         params:
-            runs=[paths.run_dir(RESULTS, c.dataset, c.backbone, c.strategy, c.seed, c.fold) for c in batch.cells],
+            runs=[cell_run_dir(c) for c in batch.cells],
             args=eval_args(),
             figures=eval_figures_args(batch),
             rerun=RERUN,
