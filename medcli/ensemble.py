@@ -144,6 +144,8 @@ def stacking_combine(details: dict, n_classes: int) -> Callable[[list[np.ndarray
     are 0. Raises :class:`MedcliError` when the details predate recording the stacker (re-run ``medcli ensemble``)."""
     if not all(k in details for k in ("coef", "intercept", "stacker_classes")):
         raise MedcliError("this stacking ensemble was built before medcli recorded its fitted stacker; run `medcli ensemble` again")
+    from .evaluation.calibration import softmax
+
     coef, intercept = np.asarray(details["coef"], np.float64), np.asarray(details["intercept"], np.float64)
     classes = np.asarray(details["stacker_classes"], dtype=np.int64)
 
@@ -154,8 +156,7 @@ def stacking_combine(details: dict, n_classes: int) -> Callable[[list[np.ndarray
             p1 = 1.0 / (1.0 + np.exp(-z[:, 0]))
             stacked = np.stack([1.0 - p1, p1], axis=1)
         else:
-            z = z - z.max(axis=1, keepdims=True)
-            stacked = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+            stacked = softmax(z)
         out = np.zeros((len(x), n_classes))
         out[:, classes] = stacked
         return out
