@@ -10,22 +10,53 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import write_error
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary file is removed whatever happens. A write the file system refuses (no space left, quota,
+    read-only, permission denied; in the block or in creating the folder, the temporary file or the rename) is
+    raised as :class:`medcli.errors.WriteError` naming ``path`` (see :func:`medcli.errors.write_error`, which
+    also recognises ``torch.save``'s own write failures on a full disk); other errors pass unchanged.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
         yield tmp_path
         os.replace(tmp_path, path)
+    except (OSError, RuntimeError) as exc:
+        error = write_error(exc, path)  # before the temporary file goes: a full disk is still full
+        if error is None:
+            raise
+        raise error from exc
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
+
+
+def save_torch(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (:func:`atomic_path`), flushed to the disk before the rename.
+
+    The file is written through a Python file object, so a failed write is an ``OSError`` with its errno (a path
+    string would be written by torch's C++ stream, whose failure says only ``basic_ios::clear: iostream
+    error``). Returns ``path``. Raises :class:`medcli.errors.WriteError` naming ``path`` when the disk is full,
+    the quota exceeded, the folder read-only or not writable; nothing is left at ``path`` then.
+    """
+    import torch
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return Path(path)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -10,17 +10,26 @@ from __future__ import annotations
 import typer
 from typer.core import TyperGroup
 
-from ..errors import MedcliError
+from ..errors import MedcliError, write_error
 
 
 class _MedcliGroup(TyperGroup):
-    """Turns :class:`MedcliError` into one red line on stderr and exit code 1 (no traceback)."""
+    """Turns :class:`MedcliError` into one red line on stderr and exit code 1 (no traceback), and so a write the
+    file system refused (an ``OSError`` with an errno of :data:`medcli.errors.WRITE_ERRNOS`: disk full, quota,
+    read-only, permission denied; also behind a ``RuntimeError``, as ``torch.save`` raises it). Every other
+    exception is a bug in medcli and keeps its traceback."""
 
     def invoke(self, ctx):  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except MedcliError as exc:
             print_error(str(exc))
+            raise typer.Exit(1) from None
+        except (OSError, RuntimeError) as exc:
+            error = write_error(exc)
+            if error is None:
+                raise
+            print_error(str(error))
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             print_error("interrupted")

@@ -33,8 +33,10 @@ def inspect_cli(
     from ..data import inspect_data
     from ..data.inspect import render_report, strict_problems
     from ..errors import MedcliError
+    from ..preflight import Output, check_writable
 
     opt.setup()
+    check_writable([Output(path, option) for path, option in ((json_out, "--json"), (contact_sheet, "--contact-sheet")) if path])
     report = inspect_data(data, layout=layout, aliases=opt.aliases(alias), near_threshold=opt.near_threshold(near_threshold), cache_dir=cache_dir, workers=workers,
                           contact_sheet=contact_sheet, decode=opt.decode(window, frame), group_by=opt.group_by(group_by))
     render_report(report, Console())

@@ -34,6 +34,9 @@ def eval_cli(
     """
     from rich.console import Console
 
+    from ..preflight import check_writable, run_folder
+
+    check_writable([run_folder(r, "evaluate") for r in run if r.is_dir()])  # a missing or foreign folder: the run's own error
     from ..evaluation.runner import evaluate_run, evaluate_runs, render
 
     opt.setup()

@@ -21,6 +21,10 @@ def gradcam_cli(
     seed: int = typer.Option(0, "--seed", help="Seed of the image selection."),
 ) -> None:
     """Grad-CAM overlays, per-class galleries and a faithfulness score for a trained run."""
+    from ..preflight import check_writable, run_folder
+
+    if run.is_dir():  # a missing or foreign folder: the run's own error
+        check_writable([run_folder(run, "explain")])
     from ..gradcam import explain_run, summarize
 
     opt.setup()

@@ -20,6 +20,12 @@ def report_cli(
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the test intervals."),
 ) -> None:
     """The cross-validated comparison: summary.md, summary.csv, summary.json and figures."""
+    from ..preflight import Output, check_writable
+
+    if results.is_dir():  # else write_report's own error
+        in_results = "make it writable, or report on a writable copy (the figures go to RESULTS/figures)"
+        check_writable([Output(out, "--out") if out else Output(results, "results folder", in_results),
+                        Output(paths.summary_figures_dir(results), "results folder", in_results)])
     from ..report.build import write_report
 
     path = write_report(results, out=out, primary=primary, reference=reference, n_bootstrap=bootstrap)

@@ -33,11 +33,13 @@ def split_cli(
     allow_missing_classes: bool = opt.AllowMissingClasses,
 ) -> None:
     """Make deterministic, leak-free cross-validation splits (duplicates and patient groups never straddle folds)."""
+    from ..preflight import Output, check_writable
     from ..splits import split_data, summarize
 
     opt.setup()
     if out is None:
         out = Path(paths.splits_file(paths.DEFAULT_RESULTS, paths.dataset_name(data)))
+    check_writable([Output(out, "--out")])
     doc = split_data(
         data, out, layout=layout, aliases=opt.aliases(alias), folds=folds, seed=seed, test_fraction=test_fraction,
         val_fraction=val_fraction, drop_test_duplicates=drop_test_duplicates, skip_bad=skip_bad,

@@ -55,10 +55,14 @@ def train_cli(config: Optional[Path] = None, cells: Optional[Path] = None, cells
     opt.setup()
     settings = schema_lib.read_settings(config) if config is not None else {}
     given = settings_from_options(values)
+    from ..preflight import check_train
+
     if cells is None:
         from ..training import train
 
-        summary = train(schema_lib.from_dict({**settings, **given}))
+        cfg = schema_lib.from_dict({**settings, **given})
+        check_train([cfg])
+        summary = train(cfg)
         if summary["main_process"]:
             typer.echo(f"best epoch {summary['best_epoch']} ({summary['monitor']} {summary['best_score']:.4f}); run folder: {summary['out']}")
         return
@@ -66,6 +70,7 @@ def train_cli(config: Optional[Path] = None, cells: Optional[Path] = None, cells
 
     entries = schema_lib.read_cells(cells)
     cfgs = [schema_lib.from_dict({**settings, **entry, **given}, f"{cells}: cell {k + 1}: ") for k, entry in enumerate(entries)]
+    check_train(cfgs, logs)
     results = train_cells(cfgs, at_once=cells_at_once, logs=logs)
     _print_cells(results)
     failed = [r for r in results if not r.ok]

@@ -19,7 +19,6 @@ never leaves a truncated model where a complete one is expected.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._io import save_torch
 from ..errors import MedcliError
 from .classifier import Classifier, create_model
 from .weights import _first_line
@@ -74,12 +74,6 @@ def _plain(value: Any, where: str) -> Any:
     raise TypeError(f"{where} is a {type(value).__name__}; model files hold only primitives, containers and tensors")
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def save_model(path: str | os.PathLike, model: nn.Module, *, classes: list[str], extra: dict | None = None) -> Path:
     """Write ``model`` with its class names (and ``extra`` metadata) to ``path`` atomically; returns the path."""
     model = _unwrap(model)
@@ -98,21 +92,7 @@ def save_model(path: str | os.PathLike, model: nn.Module, *, classes: list[str],
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         **extra,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp creates the file private (0600); give it the permissions an ordinary file would get.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return save_torch(payload, path)  # a full disk or read-only folder: a WriteError naming the path
 
 
 def read_model_file(path: str | os.PathLike) -> dict:
