@@ -107,6 +107,15 @@ def log_file(logs: str | os.PathLike, stage: str, dataset: str, name: str = "") 
     return _join(logs, stage, dataset, f"{name or dataset}.log")
 
 
+def tensorboard_dir(logs: str | os.PathLike) -> str:
+    """``<logs>/tensorboard``: TensorBoard event files of every tracked run, one folder per run
+    (``<dataset>/<backbone>__<strategy>/seed-<s>/fold-<k>/``); ``tensorboard --logdir`` reads it."""
+    return _join(logs, "tensorboard")
+
+
+DEFAULT_MLFLOW_STORE = "mlruns"  # MLflow's local file store when $MLFLOW_TRACKING_URI is not set
+
+
 def benchmark_file(logs: str | os.PathLike, stage: str, dataset: str, name: str = "") -> str:
     return _join(logs, stage, dataset, f"{name or dataset}.benchmark.tsv")
 

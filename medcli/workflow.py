@@ -171,6 +171,19 @@ def cells_per_gpu(config: dict) -> int:
     return int((config.get("resources") or {}).get("cells_per_gpu") or 1)
 
 
+def tracking_env(config: dict, logs: str) -> dict[str, str]:
+    """``{"MEDCLI_TRACK": tracker, "MEDCLI_TRACK_DIR": folder}`` for the config's ``track:`` key (default
+    ``tensorboard``), which every training job inherits (:func:`medcli.training.config.settings_from_env`).
+    TensorBoard writes under ``<logs>/tensorboard``; MLflow uses ``$MLFLOW_TRACKING_URI`` when set, else the local
+    store ``mlruns``. Raises :class:`MedcliError` when the tracker's package is not installed, before any job runs."""
+    from .training.tracking import check_available
+
+    track = config.get("track", "tensorboard")
+    check_available(track, "config key track:")
+    folder = paths.DEFAULT_MLFLOW_STORE if track == "mlflow" else paths.tensorboard_dir(logs)
+    return {"MEDCLI_TRACK": track, "MEDCLI_TRACK_DIR": folder}
+
+
 def plan_batches(grid: Grid, per_job: int) -> list[Batch]:
     """The grid's training cells in jobs of at most ``per_job`` cells: one configuration and seed per job, its folds
     in order (more than one job per seed only when it has more than ``per_job`` folds).

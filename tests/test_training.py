@@ -328,7 +328,8 @@ def test_two_processes_with_torchrun_write_one_set_of_outputs(dataset, tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
            "-m", "medcli", "train", "--data", str(data), "--splits", str(splits), "--backbone", "customcnn", "--strategy", "scratch",
-           "--epochs", "2", "--img-size", "32", "--channels", "1", "--batch-size", "16", "--results", str(tmp_path / "results"), "--work", str(tmp_path / "work")]
+           "--epochs", "2", "--img-size", "32", "--channels", "1", "--batch-size", "16", "--results", str(tmp_path / "results"), "--work", str(tmp_path / "work"),
+           "--track", "tensorboard", "--track-dir", str(tmp_path / "tb")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = Path(paths.run_dir(tmp_path / "results", "d", "customcnn", "scratch", 0, 0))
@@ -337,6 +338,8 @@ def test_two_processes_with_torchrun_write_one_set_of_outputs(dataset, tmp_path)
     assert len(_history(str(run))) == 2
     assert proc.stdout.count("run folder:") == 1  # rank 1 prints nothing
     assert proc.stderr.count("epoch 2/2") == 1
+    events = list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    assert events and len({e.name.split(".")[-2] for e in events}) == 1  # one writing process (the pid in the name): the main one
     with open(run / "predictions" / "val.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == config["summary"]["n_val"] and len({r["id"] for r in rows}) == len(rows)

@@ -193,6 +193,17 @@ def test_tiny_workflow_runs_locally_and_resumes_nothing_twice(tmp_path):
     assert "### Grad-CAM" in summary and "gradcam/test/gallery_" in summary
     again = _snakemake(tmp_path, "--cores", "2")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    # every cell's curves in TensorBoard's event files (track: tensorboard, the default), read back by tensorboard
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for fold in (0, 1):
+        events = EventAccumulator(str(tmp_path / "logs" / "tensorboard" / "tiny" / paths.run_key("customcnn", "scratch", 0, fold)))
+        events.Reload()
+        assert [e.step for e in events.Scalars("val/balanced_accuracy")] == [1]  # one epoch
+        assert events.Scalars("best/epoch")[-1].value == 1
+    # switching tracking off (or to another tracker) retrains nothing (the experiment record and summary follow the config)
+    off = _snakemake(tmp_path, "-n", "--config", "track=none")
+    assert off.returncode == 0 and "experiment" in off.stdout and "train__" not in off.stdout and "eval__" not in off.stdout
 
 
 @pytest.mark.slow

@@ -29,6 +29,8 @@ def setting_help(name: str) -> str:
     else:
         value = default_of(name)
         default = ("on" if value else "off") if isinstance(value, bool) else str(value)
+    if s.env:
+        default += f"; env {s.env}"
     return text + (f" ({default})" if default.startswith("required") else f" (default: {default})")
 
 

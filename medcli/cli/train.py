@@ -2,7 +2,7 @@
 
 The options are generated from :class:`~medcli.training.config.TrainConfig`, so a new setting is one schema
 field. Every option defaults to "not given"; the value used is the option's, else the ``--config`` file's,
-else the schema default (shown in the help).
+else its environment variable's (``MEDCLI_TRACK``, ``MEDCLI_TRACK_DIR``), else the schema default (shown in the help).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def train_cli(config: Optional[Path] = None, cells: Optional[Path] = None, cells
     Settings come from the options, else from --config FILE (YAML or JSON with any subset of the settings, or a run's config.json to re-run it), else the defaults shown. With --cells, each cell's settings come from its entry in the file, on top of --config and under the options.
     """
     opt.setup()
-    settings = schema_lib.read_settings(config) if config is not None else {}
+    settings = {**schema_lib.settings_from_env(), **(schema_lib.read_settings(config) if config is not None else {})}
     given = settings_from_options(values)
     from ..preflight import check_train
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import MedcliError
 from ..paths import DEFAULT_RESULTS, DEFAULT_WORK
+from .tracking import check_available, tracker_names
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 # Validation metric -> direction. auc: ROC AUC, macro one-vs-rest over the classes present (the MedMNIST evaluator's);
@@ -67,6 +68,7 @@ class Setting:
     short: str | None = None  # a one-letter alias (-b)
     default_text: str | None = None  # the help's "(default: …)" when the default depends on other settings
     in_key: bool = True  # part of TrainConfig.key(): changes what is computed
+    env: str | None = None  # an environment variable that sets it when neither an option nor a --config file does
 
 
 def setting(default: Any, help: str, group: str, **kw) -> Any:
@@ -177,6 +179,12 @@ class TrainConfig:
     workers: int | None = setting(None, "Decoding processes.", RUN, workflow="job", minimum=1, in_key=False,
                                   default_text="the CPUs available")
     progress: bool = setting(True, "A progress bar on a terminal.", RUN, workflow="job", in_key=False)
+    track: str = setting("none", "Track the run's epochs, settings and best scores: tensorboard (event files, local) or mlflow "
+                         "(one run per cell, tagged dataset, backbone, strategy, seed, fold; pip install 'medcli[mlflow]').", RUN,
+                         workflow="job", choices=tracker_names(), in_key=False, env="MEDCLI_TRACK")
+    track_dir: str | None = setting(None, "Where tracking writes: TensorBoard's log folder, or MLflow's local store.", RUN,
+                                    workflow="job", in_key=False, env="MEDCLI_TRACK_DIR",
+                                    default_text="logs/tensorboard; mlflow: $MLFLOW_TRACKING_URI, else mlruns")
     # Not a setting: the names of the settings given explicitly, set by from_dict (None: built directly in Python).
     # The recipe applies under them; config.json's `resolved` gives the reason of every value not among them.
     given: frozenset | None = field(default=None, compare=False, repr=False)
@@ -339,6 +347,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     return replace(cfg, **{name: check_value(name, getattr(cfg, name), option_name(name)) for name in _SCHEMA})
 
 
+def settings_from_env(environ=None) -> dict:
+    """``{setting: value}`` for the settings whose environment variable (``Setting.env``, e.g. ``MEDCLI_TRACK``) is
+    set and not empty, each checked; they rank under a ``--config`` file and the options. (The workflow passes
+    its ``track:`` key this way, so switching tracking never changes a job's settings, its rerun trigger.)"""
+    environ = os.environ if environ is None else environ
+    return {name: check_value(name, environ[s.env], s.env) for name, s in _SCHEMA.items() if s.env and environ.get(s.env)}
+
+
 def read_settings(path: str | os.PathLike) -> dict:
     """Settings from a YAML or JSON file: ``{setting: value}``, or a run's ``config.json`` (its ``config`` section).
 
@@ -435,6 +451,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         raise MedcliError("no dataset given: pass --data PATH")
     cfg = validate(cfg)
     _check_recipe_applied(cfg)
+    check_available(cfg.track)  # before any work: a missing tracker package is a one-line error, not a late crash
     info = get_backbone(cfg.backbone)
     get_head(cfg.head)
     get_strategy(cfg.strategy)

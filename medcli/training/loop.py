@@ -75,15 +75,18 @@ def make_accelerator(cfg: TrainConfig):
         log.warning("fp16 needs a GPU; training in fp32 on the CPU")
         precision = "fp32"
     mixed = "no" if precision == "fp32" else precision
+    from .tracking import make_trackers
+
+    trackers = make_trackers(cfg) or None
     try:
-        accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda)
+        accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda, log_with=trackers)
     except ValueError as exc:  # an earlier cell of this process (medcli train --cells) used another precision
         if "already been initialized" not in str(exc):
             raise
         from accelerate.state import AcceleratorState
 
         AcceleratorState._reset_state(reset_partial_state=False)  # keeps the processes (PartialState) as they are
-        accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda)
+        accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda, log_with=trackers)
     return accelerator, precision
 
 
@@ -232,7 +235,7 @@ def train_one_epoch(model, loader, inputs, labels: torch.Tensor, optimizer, sche
             bar.advance(1)
     totals = accelerator.reduce(torch.stack([total_loss, correct, seen]), "sum")
     n = max(float(totals[2]), 1.0)
-    return {"train_loss": float(totals[0]) / n, "train_accuracy": float(totals[1]) / n}
+    return {"train_loss": float(totals[0]) / n, "train_accuracy": float(totals[1]) / n, "train_images": n}
 
 
 def predict(model, loader, inputs, accelerator) -> np.ndarray:
@@ -279,6 +282,7 @@ class Run:
     checkpoint: str  # the resume checkpoint's path
     frozen_trunk: str | None  # the trunk's hash when the plan never trains it, else None
     average: object | None = None  # averaging.WeightAverage of the weights (--ema-epochs), or None
+    tracking: object | None = None  # tracking.Tracking of the run (--track), or None
 
 
 @dataclass
@@ -341,13 +345,24 @@ def train(cfg: TrainConfig) -> dict:
     feed = choose_inputs(cfg, fold, model, plan, mean, std, accelerator, precision, run.frozen_trunk)
     _log_start(cfg, fold, accelerator, precision)
 
-    t_start = time.perf_counter()
-    stopped_early = _fit(run, feed, stopper, history, start, state)
-    val_logits = _best_predictions(run, feed, stopper)
-    seconds = time.perf_counter() - t_start + sum(r["seconds"] for r in history[:start])  # with the epochs before a resume
-    summary = _summary(cfg, accelerator, precision, fold, stopper, history, stopped_early, seconds, mean, std, weights, feed,
-                       plan.param_groups_summary(model), run.average)
-    _write_run_folder(run, fold, history, val_logits, summary, resolved)
+    from .tracking import start as start_tracking
+
+    run.tracking = start_tracking(accelerator, cfg, history[:start])
+    try:
+        t_start = time.perf_counter()
+        stopped_early = _fit(run, feed, stopper, history, start, state)
+        val_logits = _best_predictions(run, feed, stopper)
+        seconds = time.perf_counter() - t_start + sum(r["seconds"] for r in history[:start])  # with the epochs before a resume
+        summary = _summary(cfg, accelerator, precision, fold, stopper, history, stopped_early, seconds, mean, std, weights, feed,
+                           plan.param_groups_summary(model), run.average)
+        _write_run_folder(run, fold, history, val_logits, summary, resolved)
+    except BaseException as exc:
+        if run.tracking is not None:
+            run.tracking.fail("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    if run.tracking is not None:
+        best = history[stopper.best_epoch]
+        run.tracking.finish({history_column(cfg.monitor): best[history_column(cfg.monitor)], "epoch": best["epoch"]})
     log.info("best epoch %d (%s %.4f); outputs in %s", stopper.best_epoch + 1, cfg.monitor, stopper.best_score, cfg.out)
     return summary
 
@@ -513,6 +528,8 @@ def _fit(run: Run, feed: Feed, stopper: EarlyStopping, history: list[dict], star
         row, improved = _one_epoch(run, feed, prepared, optimizer, scheduler, stopper, epoch)
         history.append(row)
         _log_epoch(row, cfg, improved)
+        if run.tracking is not None:
+            run.tracking.epoch(row)
         stop = stopper.should_stop(epoch, last_phase_start=plan.phases[-1].start, epochs=cfg.epochs)
         if stop:
             log.info("early stopping: no %s improvement for %d epochs", cfg.monitor, stopper.bad_epochs)
@@ -555,6 +572,7 @@ def _one_epoch(run: Run, feed: Feed, prepared, optimizer, scheduler, stopper: Ea
     with _epoch_bar(cfg, accelerator, epoch, len(run.train_loader)) as bar:
         stats = train_one_epoch(prepared, run.train_loader, feed.train, run.train_labels, optimizer, scheduler, run.loss_fn, accelerator, epoch, cfg, bar,
                                 run.average)
+    stats["train_images_per_second"] = stats.pop("train_images") / max(time.perf_counter() - t0, 1e-9)
     validated = prepared if run.average is None else run.average.counterpart(feed.net)  # the weights that are selected and saved
     stats.update(val_metrics(predict(validated, run.val_loader, feed.val, accelerator), run.val_labels))
     row = {"epoch": epoch + 1, "phase": phase.name, **stats, "lr": optimizer.param_groups[-1]["lr"]}

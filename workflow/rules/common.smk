@@ -17,6 +17,9 @@ LOGS = config["logs"]
 CACHE = config["cache"]
 GRID = grid_lib.expand_grid(config)
 RERUN = grid_lib.rerun_token(config)
+# Training jobs inherit `track:` as medcli's MEDCLI_TRACK/MEDCLI_TRACK_DIR (every job's snakemake, on a cluster too,
+# parses this file), not through their settings: switching tracking on or off must not retrain anything.
+os.environ.update(grid_lib.tracking_env(config, LOGS))
 SUMMARY = paths.summary_file(RESULTS)
 RUN = paths.run_dir(RESULTS, "{dataset}", "{backbone}", "{strategy}", "{seed}", "{fold}")
 RUN_NAME = paths.run_key("{backbone}", "{strategy}", "{seed}", "{fold}")

@@ -1,0 +1,252 @@
+"""Experiment tracking: each training run (one grid cell) as a run of TensorBoard or MLflow, through Accelerate's
+trackers (``accelerate.tracking``), so a grid can be watched while it trains and browsed afterwards.
+
+``--track tensorboard`` writes event files under ``<track_dir>/<dataset>/<backbone>__<strategy>/seed-<s>/fold-<k>/``
+(default ``track_dir``: ``logs/tensorboard``; ``tensorboard --logdir logs/tensorboard`` shows the runs, whose names
+filter the grid, and its HParams tab lists each run's settings with its best validation score). ``--track
+mlflow`` makes one MLflow run per cell in the experiment ``medcli/<dataset>``, named like the run folder and tagged
+``dataset``, ``backbone``, ``strategy``, ``seed``, ``fold`` (and ``recipe``), its parameters the resolved settings;
+the store is ``$MLFLOW_TRACKING_URI`` when set, else the local file store ``<track_dir>`` (default ``mlruns``:
+``MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri mlruns``). No server or network is needed.
+
+Logged per epoch (step = epoch, 1-based): ``train/loss``, ``train/accuracy``, ``val/loss``, ``val/accuracy``,
+``val/balanced_accuracy``, ``val/macro_f1``, ``val/roc_auc``, ``lr`` (the head's, end of epoch),
+``train/images_per_second`` (training images over the training part of the epoch, validation excluded) and
+``epoch_seconds``; at the end ``best/<history column>`` (the monitored score of the selected epoch) and
+``best/epoch``. Only the main process logs (Accelerate's trackers are ``on_main_process``). Nothing tracked
+influences training: the tracker reads what the loop already computed.
+
+A tracker is one :func:`register_tracker` entry: its package, what installs it and how to make Accelerate's
+tracker for a run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import paths
+from ..errors import MedcliError
+from ..registry import Registry
+
+log = logging.getLogger("medcli")
+
+# history row column -> tracked metric name (the slash groups them in TensorBoard's and MLflow's charts)
+EPOCH_METRICS = {
+    "train_loss": "train/loss",
+    "train_accuracy": "train/accuracy",
+    "val_loss": "val/loss",
+    "val_accuracy": "val/accuracy",
+    "val_balanced_accuracy": "val/balanced_accuracy",
+    "val_macro_f1": "val/macro_f1",
+    "val_roc_auc": "val/roc_auc",
+    "lr": "lr",
+    "train_images_per_second": "train/images_per_second",
+    "seconds": "epoch_seconds",
+}
+TAGS = ("dataset", "backbone", "strategy", "seed", "fold", "recipe")
+
+
+@dataclass(frozen=True)
+class Tracker:
+    """One tracking backend. ``module``: the import that must work; ``install``: what to ``pip install`` when it
+    is missing; ``default_dir``: the folder used when ``--track-dir`` is not given; ``make(cfg, folder)``:
+    Accelerate's tracker for the run of ``cfg``; ``settings(tracker, hparams)`` and ``result(tracker, hparams,
+    metrics)`` record the run's settings at its start and its best scores at its end."""
+
+    module: str
+    install: str
+    default_dir: str
+    make: Callable
+    settings: Callable
+    result: Callable
+
+
+_TRACKERS: Registry[Tracker] = Registry("tracker")
+NONE = "none"
+
+
+def register_tracker(name: str, tracker: Tracker) -> Tracker:
+    return _TRACKERS.add(name, tracker)
+
+
+def tracker_names() -> tuple[str, ...]:
+    """``none`` and the registered trackers: the choices of ``--track``."""
+    return (NONE, *_TRACKERS.names())
+
+
+def run_name(cfg) -> str:
+    """``<dataset>/<backbone>__<strategy>/seed-<s>/fold-<k>``: the run folder's place in the results layout."""
+    return "/".join((cfg.dataset_name, paths.run_key(cfg.backbone, cfg.strategy, cfg.seed, cfg.fold)))
+
+
+def tags(cfg) -> dict[str, str]:
+    return {"dataset": cfg.dataset_name, "backbone": cfg.backbone, "strategy": cfg.strategy, "seed": str(cfg.seed),
+            "fold": str(cfg.fold), "recipe": cfg.recipe}
+
+
+def check_available(name: str, option: str = "--track") -> None:
+    """Raise :class:`MedcliError` (one line naming what to install) when tracker ``name``'s package is
+    missing; ``none`` always passes; an unknown name lists the known ones."""
+    if name == NONE:
+        return
+    tracker = _TRACKERS.get(name)
+    if importlib.util.find_spec(tracker.module) is None:
+        raise MedcliError(f"{option} {name}: the {tracker.module} package is not installed; pip install {tracker.install} "
+                          f"(or choose {option} none)")
+
+
+def track_dir(cfg) -> str:
+    """The folder tracker ``cfg.track`` writes to: ``cfg.track_dir``, else the tracker's default."""
+    return cfg.track_dir or _TRACKERS.get(cfg.track).default_dir
+
+
+def make_trackers(cfg) -> list:
+    """Accelerate trackers (``accelerate.tracking.GeneralTracker``) for the run of ``cfg`` (resolved: dataset name
+    known); ``[]`` for ``--track none``. Raises :class:`MedcliError` when the tracker's package is missing."""
+    if cfg.track == NONE:
+        return []
+    check_available(cfg.track)
+    return [_TRACKERS.get(cfg.track).make(cfg, track_dir(cfg))]
+
+
+class Tracking:
+    """The trackers of one run, started by :func:`start`. ``epoch(row)`` logs a history row, ``finish(best)`` the
+    result and closes the run, ``fail(status)`` closes it as failed or killed."""
+
+    def __init__(self, accelerator, cfg, hparams: dict) -> None:
+        self.accelerator, self.cfg, self.hparams = accelerator, cfg, hparams
+        self.kind = _TRACKERS.get(cfg.track)
+        self.open = True
+
+    def _tracker(self):
+        return self.accelerator.trackers[0] if self.accelerator.is_main_process else None
+
+    def epoch(self, row: dict) -> None:
+        values = {name: float(row[column]) for column, name in EPOCH_METRICS.items() if isinstance(row.get(column), (int, float))}
+        self.accelerator.log(values, step=int(row["epoch"]))
+
+    def finish(self, best: dict) -> None:
+        """``best``: ``{history column: value}`` of the selected epoch plus ``epoch``; logged as ``best/<name>``."""
+        if self.accelerator.is_main_process:
+            self.kind.result(self._tracker(), self.hparams, {f"best/{k}": float(v) for k, v in best.items()})
+        self._close()
+
+    def fail(self, status: str = "FAILED") -> None:
+        if not self.open:
+            return
+        self.open = False
+        if self.accelerator.is_main_process and self.cfg.track == "mlflow":
+            import mlflow
+
+            mlflow.end_run(status=status)  # Accelerate's finish() would mark the run FINISHED
+            self.accelerator.trackers.clear()
+        self._close()
+
+    def _close(self) -> None:
+        # the trackers' finish() (main process only), as Accelerator.end_training does, but without destroying the
+        # process group: later cells of a `medcli train --cells` call still use it
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
+        self.accelerator.trackers.clear()
+        self.open = False
+
+
+def start(accelerator, cfg, restored: list[dict]) -> Tracking | None:
+    """Start the run's trackers (main process), record its settings, and log ``restored`` (the history rows of a
+    resumed run, so the tracked run shows every epoch). A fresh TensorBoard run first removes the event files of
+    an earlier training of the same run folder, so each run name shows one model. ``None`` for ``--track none``."""
+    if cfg.track == NONE:
+        return None
+    hparams = settings_of(cfg)
+    if accelerator.is_main_process:
+        if cfg.track == "tensorboard" and not restored:
+            shutil.rmtree(Path(track_dir(cfg)) / run_name(cfg), ignore_errors=True)
+        accelerator.init_trackers(f"medcli/{cfg.dataset_name}")
+        _TRACKERS.get(cfg.track).settings(accelerator.trackers[0], hparams)
+        log.info("tracking with %s in %s (run %s)", cfg.track, _where(cfg), run_name(cfg))
+    tracking = Tracking(accelerator, cfg, hparams)
+    for row in restored:
+        tracking.epoch(row)
+    return tracking
+
+
+def settings_of(cfg) -> dict:
+    """The run's settings as flat scalars (TensorBoard's hparams and MLflow's params take str/int/float/bool):
+    ``None`` as ``"none"``, mappings as JSON; where things go (folders, workers, progress) left out."""
+    skip = {"out", "results", "work", "cache_dir", "workers", "progress", "track", "track_dir", "checkpoint_every"}
+    flat = {}
+    for name, value in cfg.to_dict().items():
+        if name in skip:
+            continue
+        if value is None:
+            value = "none"
+        elif isinstance(value, dict):
+            value = json.dumps(value, sort_keys=True)
+        flat[name] = value
+    return flat
+
+
+def _where(cfg) -> str:
+    if cfg.track == "mlflow" and os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return track_dir(cfg)
+
+
+# --- TensorBoard ---------------------------------------------------------------------------------------------
+
+
+def _tensorboard(cfg, folder: str):
+    from accelerate.tracking import TensorBoardTracker
+
+    return TensorBoardTracker(run_name(cfg), folder)
+
+
+def _tensorboard_settings(tracker, hparams: dict) -> None:
+    table = "\n".join(f"| {k} | {v} |" for k, v in hparams.items())
+    tracker.writer.add_text("settings", "| setting | value |\n|---|---|\n" + table, global_step=0)
+    tracker.writer.flush()
+
+
+def _tensorboard_result(tracker, hparams: dict, metrics: dict) -> None:
+    # run_name=".": the HParams entry goes into the run's own folder instead of a new timestamped run
+    tracker.writer.add_hparams(hparams, metrics, run_name=".")
+    for name, value in metrics.items():
+        tracker.writer.add_scalar(name, value)
+    tracker.writer.flush()
+
+
+# --- MLflow ----------------------------------------------------------------------------------------------------
+
+
+def _mlflow(cfg, folder: str):
+    from accelerate.tracking import MLflowTracker
+
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        # MLflow 3 keeps a local file store only when asked: one folder per run, safe for many jobs writing at once
+        # on a shared file system (its default, a SQLite file, is not).
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        import mlflow
+
+        mlflow.set_tracking_uri(Path(folder).resolve().as_uri())
+    return MLflowTracker(experiment_name=f"medcli/{cfg.dataset_name}", run_name=run_name(cfg), tags=tags(cfg))
+
+
+def _mlflow_settings(tracker, hparams: dict) -> None:
+    tracker.store_init_configuration(hparams)
+
+
+def _mlflow_result(tracker, hparams: dict, metrics: dict) -> None:
+    tracker.log(metrics)
+
+
+register_tracker("tensorboard", Tracker(module="tensorboard", install="tensorboard", default_dir=paths.tensorboard_dir(paths.DEFAULT_LOGS),
+                                        make=_tensorboard, settings=_tensorboard_settings, result=_tensorboard_result))
+register_tracker("mlflow", Tracker(module="mlflow", install="'medcli[mlflow]'", default_dir=paths.DEFAULT_MLFLOW_STORE, make=_mlflow, settings=_mlflow_settings,
+                                   result=_mlflow_result))
