@@ -75,7 +75,8 @@ def check_train(cfgs: Sequence, logs: str | os.PathLike | None = None) -> None:
 
     * writable: the run folder (``--out``, else under ``--results``), the work folder (``--work``: resume
       checkpoints), the splits file when the run would make it (no ``--splits`` and none at the default place),
-      and ``logs`` (``--cell-logs``). The decoded-image cache is not required to be writable: a read-only cache
+      the tracking folder (``--track-dir``; MLflow's only when ``$MLFLOW_TRACKING_URI`` is not set) and ``logs``
+      (``--cell-logs``). The decoded-image cache is not required to be writable: a read-only cache
       that already holds the images serves training, and one that does not fails before the first epoch;
     * room: the run folder's disk must have room for ``model.pt`` (4 bytes per parameter and buffer, from the
       model built on PyTorch's ``meta`` device: no memory, no weights read). Resume checkpoints are larger but
@@ -85,6 +86,7 @@ def check_train(cfgs: Sequence, logs: str | os.PathLike | None = None) -> None:
     """
     from .training.cells import _resolved
     from .training.config import splits_file, work_dir
+    from .training.tracking import track_dir
 
     resolved = []
     for cfg in cfgs:
@@ -97,6 +99,8 @@ def check_train(cfgs: Sequence, logs: str | os.PathLike | None = None) -> None:
         run = Output(cfg.out, "--out", "") if given.out else Output(cfg.out, "run folder", "choose a writable folder with --out or --results")
         runs.append(run)
         outputs += [run, Output(work_dir(cfg), "work folder", "choose a writable folder for resume checkpoints with --work")]
+        if cfg.track != "none" and not (cfg.track == "mlflow" and os.environ.get("MLFLOW_TRACKING_URI")):
+            outputs.append(Output(track_dir(cfg), "--track-dir", "choose a writable folder with --track-dir, or --track none"))
         splits = splits_file(cfg)
         if not cfg.splits and not os.path.exists(splits):
             outputs.append(Output(splits, "splits file", "make the splits elsewhere with `medcli split --out FILE` and train with "

@@ -113,6 +113,8 @@ def test_train_into_a_read_only_folder_is_refused_before_any_data_is_read(tmp_pa
         one_error_line(result, ro / "work", "--work")
         result = CliRunner().invoke(app, [*args, "--results", str(ro / "results")])  # the default run folder and splits file
         one_error_line(result, ro / "results", "--results")
+        result = CliRunner().invoke(app, [*args, "--track", "tensorboard", "--track-dir", str(ro / "tb")])
+        one_error_line(result, ro / "tb", "--track-dir")
     assert "epoch" not in line
     assert not cache.exists() and not (tmp_path / "results").exists()  # no scan, no image store, no splits: no work
 
