@@ -12,14 +12,16 @@ A model file is a ``torch.save``-d dict of primitives, lists, dicts and tensors 
 ``state_dict``    the whole model (``trunk.*`` and ``head.*`` keys), on the CPU
 ...               whatever the caller passes as ``extra`` (fold, metrics, versions, ...)
 
-Files are written atomically (temporary file in the same folder, then ``os.replace``), so an interrupted run
-never leaves a truncated model where a complete one is expected.
+Files are written atomically (temporary file ``.model.pt.tmp-<pid>`` in the same folder, then ``os.replace``), so
+an interrupted run never leaves a truncated model where a complete one is expected, and its leftover temporary
+file is recognised and removed by the next training (:mod:`medcli._cleanup`). A file that ``weights_only``
+loading refuses is reported as not a safe medcli model, without torch's advice to load it unsafely.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._cleanup import pid_temp_name
 from ..errors import MedcliError
 from .classifier import Classifier, create_model
 from .weights import _first_line
@@ -74,12 +77,6 @@ def _plain(value: Any, where: str) -> Any:
     raise TypeError(f"{where} is a {type(value).__name__}; model files hold only primitives, containers and tensors")
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def save_model(path: str | os.PathLike, model: nn.Module, *, classes: list[str], extra: dict | None = None) -> Path:
     """Write ``model`` with its class names (and ``extra`` metadata) to ``path`` atomically; returns the path."""
     model = _unwrap(model)
@@ -100,14 +97,12 @@ def save_model(path: str | os.PathLike, model: nn.Module, *, classes: list[str],
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = pid_temp_name(path)  # named after this process: a kill leaves a file the next training removes
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "wb") as fh:
             torch.save(payload, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        # mkstemp creates the file private (0600); give it the permissions an ordinary file would get.
-        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -122,6 +117,10 @@ def read_model_file(path: str | os.PathLike) -> dict:
         raise MedcliError(f"model file {path} not found: train a model first or check the path")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's message here advises loading with weights_only=False, which would run whatever code the file holds
+        raise MedcliError(f"{path}: not a safe medcli model file (it holds objects other than tensors and plain values), so it "
+                          "is not loaded; use a model.pt written by `medcli train`") from None
     except Exception as exc:
         raise MedcliError(f"{path} is not a readable medcli model file ({_first_line(exc)})") from None
     fmt = obj.get("format") if isinstance(obj, dict) else None
