@@ -26,7 +26,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # `.<name>.tmp-<pid>.<random>`: a kill leaves a name the next training start attributes to a dead process
+        # and removes (medcli._cleanup)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}.", dir=path.parent)
         os.close(fd)
         tmp_path = Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions

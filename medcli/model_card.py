@@ -59,9 +59,15 @@ def _with_ci(doc: dict | None, key: str) -> str:
 
 def render_model_card(run: runs.Run, export: dict | None = None) -> str:
     """The model card of ``run`` as Markdown. ``export``: the ``preprocess.json`` document of the export that
-    carries it (its file, exporter, temperature and decision rule are described), or None."""
+    carries it (its file, exporter, temperature and decision rule are described), or None.
+
+    Raises :class:`MedcliError` when a metrics file of the run folder was written for another model (its
+    ``run_id`` is not the run's): the card would describe the wrong model."""
     cfg, doc, classes = run.config, run.doc, run.classes
     metrics = {s: _read(paths.metrics_file(run.path, s)) for s in ("val", "test")}
+    for split, found in metrics.items():  # numbers of another model of this folder would describe the wrong model
+        if found is not None:
+            runs.check_derived(doc, found, paths.metrics_file(run.path, split), f"re-run `medcli eval {run.path} --split all`")
     splits = _read(doc.get("splits_file") or "")
     backbone = doc.get("backbone") or {"name": cfg.get("backbone")}
     title = f"{backbone.get('name')} · {cfg.get('strategy')} on {cfg.get('dataset_name')} (seed {cfg.get('seed')}, fold {cfg.get('fold')})"
@@ -280,6 +286,8 @@ def _external(run: runs.Run) -> list[str]:
     lines = []
     for path in found:
         d = _read(path)
+        if d is not None:
+            runs.check_derived(run.doc, d, path, f"re-run `medcli eval {run.path} --data {(d.get('external') or {}).get('data', 'DATA')}`")
         if not d:
             continue
         ext = d.get("external") or {}
@@ -325,4 +333,5 @@ def _provenance(run: runs.Run) -> list[str]:
             f"- Hardware: CPU {hw.get('cpu') or 'unknown'}; GPUs: {', '.join(hw.get('gpus') or []) or 'none'}; device "
             f"{summary.get('device', '?')}, {summary.get('num_processes', 1)} process(es), precision {summary.get('precision', '?')}"
             + (f"; training took {seconds:.0f} s" if isinstance(seconds, (int, float)) else "") + ".",
-            f"- Files: `config.json`, `model.pt`, `history.csv`, `predictions/`, `metrics/` in `{run.path.resolve()}`.", ""]
+            f"- Files: `config.json`, `model.pt`, `history.csv`, `predictions/`, `metrics/` in `{run.path.resolve()}`"
+            + (f"; model identity (`run_id`, recorded in each of them) `{run.run_id}`" if run.run_id else "") + ".", ""]

@@ -10,6 +10,12 @@ formats (docs/architecture.md) are written and parsed in one place:
 * a metrics document is plain JSON: numpy values become Python numbers and every non-finite number (NaN,
   ±Infinity) becomes ``null`` (:func:`json_safe`), whoever writes it.
 
+A run folder is one model: ``medcli train`` builds it aside and swaps it in whole (:func:`check_replaceable`
+guards what it replaces), and ``config.json`` and ``model.pt`` carry the same ``run_id``. Every output derived from
+the model (metrics, Grad-CAM indexes, external results) records that ``run_id``; :func:`check_derived` refuses
+one of another model. A run folder is input, not instructions: :func:`open_run` validates every field readers use,
+and caches come from the reader's own settings, never from the run's record.
+
 Everything below :func:`open_run` is pure file handling; torch is imported only to load a model or choose a
 device.
 """
@@ -22,6 +28,8 @@ import json
 import math
 import os
 import platform
+import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +46,11 @@ METRICS_FORMAT = "medcli.metrics/1"
 TEXT_COLUMNS = ("id", "path", "label", "pred", "split")
 #: The keys of ``config.json``'s ``config`` that identify a run (``run`` block of metrics and Grad-CAM indexes).
 COORDINATES = ("dataset_name", "backbone", "strategy", "seed", "fold")
+#: What a run folder may hold (``medcli train``, ``eval``, ``gradcam``, ``export``): retraining replaces the whole
+#: folder, so a folder holding anything else is not replaced (:func:`check_replaceable`).
+RUN_ENTRIES = frozenset({paths.CONFIG_FILE, paths.HISTORY_FILE, paths.MODEL_FILE, paths.MODEL_CARD_FILE, "predictions", "metrics",
+                         "figures", "external", "gradcam"})
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 # --- opening a run ----------------------------------------------------------------------------------------
@@ -80,15 +93,26 @@ class Run:
         """How the run's images were decoded (:func:`decode_options`)."""
         return decode_options(self.config)
 
-    def load_dataset(self):
-        """The run's own dataset, read exactly as training read it (:func:`load_run_dataset`)."""
-        return load_run_dataset(self.config)
+    @property
+    def run_id(self) -> str | None:
+        """The model's identity (``config.json``'s ``run_id``, also in ``model.pt``); None for runs written before it."""
+        return self.doc.get("run_id")
+
+    def load_dataset(self, cache_dir: str | os.PathLike | None = None):
+        """The run's own dataset, read exactly as training read it (:func:`load_run_dataset`), with the reader's
+        ``cache_dir`` (None: the default cache), never the one the run recorded."""
+        return load_run_dataset({**self.config, "cache_dir": None if cache_dir is None else str(cache_dir)})
 
     def load_model(self, device=None):
-        """The best-epoch :class:`~medcli.models.Classifier` from ``model.pt`` (on the CPU, or on ``device``)."""
+        """The best-epoch :class:`~medcli.models.Classifier` from ``model.pt`` (on the CPU, or on ``device``).
+
+        Raises :class:`MedcliError` when ``model.pt`` is not a safe, readable medcli model or is not the model
+        ``config.json`` describes (another ``run_id``, other classes, another number of outputs: e.g. a re-train
+        killed between writing the two files)."""
         from .models import load_model
 
-        model, _ = load_model(paths.model_file(self.path))
+        model, meta = load_model(paths.model_file(self.path))
+        check_model_matches(self, meta)
         return model if device is None else model.to(device)
 
 
@@ -124,7 +148,140 @@ def open_run(run_dir: str | os.PathLike) -> Run:
     if missing or fmt not in (None, RUN_FORMAT):
         what = f"lacks {', '.join(missing)}" if missing else f"has format {fmt!r}, not {RUN_FORMAT!r}"
         raise MedcliError(f"{paths.config_file(run)}: {what}; train the run again with this medcli (`medcli train --out {run}`)")
+    validate_run_doc(doc, paths.config_file(run))
     return Run(run, doc)
+
+
+def validate_run_doc(doc: dict, where: str | os.PathLike) -> None:
+    """Check the fields of a run's ``config.json`` that readers use; :class:`MedcliError` naming ``where`` and the
+    key otherwise: ``classes`` (at least two distinct, non-empty strings), ``preprocess`` (``img_size`` a positive
+    integer, ``channels`` 1 or 3, known ``resize`` and ``interpolation``, ``mean``/``std`` one finite number per
+    channel, ``std`` > 0), ``config`` (the coordinates and the dataset-reading settings, by the settings schema),
+    ``splits_file`` (a path), the fingerprints and ``run_id`` (32 hex digits) when present."""
+    from .data.decode import INTERPOLATIONS, RESIZE_MODES
+    from .training.config import check_value
+
+    fix = "train the run again (`medcli train`) or restore the file"
+
+    def bad(key: str, what: str) -> MedcliError:
+        return MedcliError(f"{where}: {key} {what}; {fix}")
+
+    classes = doc.get("classes")
+    if (not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) and c for c in classes)
+            or len(set(classes)) != len(classes)):
+        raise bad("classes", "must be a list of at least two distinct, non-empty class names")
+    pre = doc.get("preprocess")
+    if not isinstance(pre, dict):
+        raise bad("preprocess", "must be a mapping")
+    size, channels = pre.get("img_size"), pre.get("channels")
+    if not _is_int(size) or not 0 < size <= 8192:
+        raise bad("preprocess.img_size", f"{size!r} must be a whole number of pixels (1..8192)")
+    if channels not in (1, 3) or isinstance(channels, bool):
+        raise bad("preprocess.channels", f"{channels!r} must be 1 or 3")
+    if pre.get("resize") not in RESIZE_MODES:
+        raise bad("preprocess.resize", f"{pre.get('resize')!r} must be one of {', '.join(RESIZE_MODES)}")
+    if pre.get("interpolation") not in INTERPOLATIONS:
+        raise bad("preprocess.interpolation", f"{pre.get('interpolation')!r} must be one of {', '.join(INTERPOLATIONS)}")
+    for key in ("mean", "std"):
+        values = pre.get(key)
+        if (not isinstance(values, list) or len(values) != channels
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+                or (key == "std" and not all(v > 0 for v in values))):
+            raise bad(f"preprocess.{key}", f"must list {channels} finite number(s){' above 0' if key == 'std' else ''}")
+    cfg = doc.get("config")
+    if not isinstance(cfg, dict):
+        raise bad("config", "must be a mapping")
+    if not isinstance(cfg.get("data"), str) or not cfg["data"]:
+        raise bad("config.data", "must be the dataset's path")
+    for key in ("dataset_name", "backbone", "strategy"):
+        if not isinstance(cfg.get(key), str) or not cfg[key]:
+            raise bad(f"config.{key}", "must be a non-empty text")
+    for key in ("seed", "fold"):
+        if not _is_int(cfg.get(key)):
+            raise bad(f"config.{key}", f"{cfg.get(key)!r} must be a whole number")
+    for key in ("seed", "fold", "layout", "aliases", "window", "frame", "group_by"):
+        if key in cfg:
+            try:
+                check_value(key, cfg[key], f"config.{key}")
+            except MedcliError as exc:
+                raise MedcliError(f"{where}: {exc}; {fix}") from None
+    if not isinstance(doc.get("splits_file", ""), str):
+        raise bad("splits_file", "must be a path")
+    for key in ("splits_fingerprint", "data_fingerprint"):
+        if doc.get(key) is not None and not isinstance(doc[key], str):
+            raise bad(key, "must be a text")
+    if "run_id" in doc and not (isinstance(doc["run_id"], str) and _RUN_ID.match(doc["run_id"])):
+        raise bad("run_id", "must be 32 hexadecimal digits")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def new_run_id() -> str:
+    """A new model identity (32 hex digits): recorded in ``model.pt``, ``config.json`` and every derived output."""
+    return uuid.uuid4().hex
+
+
+def check_model_matches(run: Run, meta: dict) -> None:
+    """Refuse a ``model.pt`` (``meta``: its metadata) that is not the model the run's ``config.json`` describes.
+
+    Runs written with a ``run_id`` must carry the same one in both files; older runs are compared by what both
+    record (best epoch, preprocessing). Both must name the same classes in the same order. MedcliError naming
+    the file and the fix."""
+    model_file = paths.model_file(run.path)
+    fix = f"train the run again (`medcli train --out {run.path}`)"
+    if meta.get("classes") is not None and [str(c) for c in meta["classes"]] != run.classes:
+        raise MedcliError(f"{model_file}: its classes {list(meta['classes'])} differ from config.json's {run.classes} "
+                          f"(order matters: logit i is class i); {fix}")
+    if meta.get("num_classes") is not None and meta["num_classes"] != len(run.classes):
+        raise MedcliError(f"{model_file}: the model has {meta['num_classes']} outputs for {len(run.classes)} classes in config.json; {fix}")
+    if run.run_id is not None or meta.get("run_id") is not None:
+        if meta.get("run_id") != run.run_id:
+            raise MedcliError(f"{model_file}: not the model config.json describes (run_id {meta.get('run_id')} vs {run.run_id}: "
+                              f"a re-train was interrupted or files were mixed); {fix}")
+        return
+    recorded = (run.doc.get("summary") or {}).get("best_epoch")
+    if meta.get("best_epoch") is not None and recorded is not None and meta["best_epoch"] != recorded:
+        raise MedcliError(f"{model_file}: not the model config.json describes (best epoch {meta['best_epoch']} vs {recorded}: "
+                          f"a re-train was interrupted or files were mixed); {fix}")
+    pre = meta.get("preprocess")
+    if isinstance(pre, dict) and any(pre.get(k) != run.preprocess.get(k) for k in ("img_size", "channels", "mean", "std")):
+        raise MedcliError(f"{model_file}: not the model config.json describes (other preprocessing); {fix}")
+
+
+class StaleOutputError(MedcliError):
+    """An output derived from another model than the run folder's own (:func:`check_derived`)."""
+
+
+def check_derived(run_doc: dict, derived: dict, path: str | os.PathLike, fix: str) -> None:
+    """Refuse an output derived from a run's model (``derived``: a metrics document, a Grad-CAM index) that
+    another model of the run folder wrote: its ``run_id`` must be the run's (``run_doc``: ``config.json``).
+    Runs written before ``run_id`` existed are not checked. ``fix``: the command that writes it again.
+    Raises :class:`StaleOutputError` (a :class:`MedcliError`) naming ``path`` and ``fix``."""
+    mine = run_doc.get("run_id")
+    if mine is not None and derived.get("run_id") != mine:
+        raise StaleOutputError(f"{path}: written for another model than the run's model.pt (run_id {derived.get('run_id')} vs "
+                          f"{mine}); {fix}")
+
+
+def check_replaceable(out: str | os.PathLike) -> None:
+    """Refuse to replace ``out`` by a new run folder when it holds anything a run folder does not
+    (:data:`RUN_ENTRIES`, and medcli's temporary names): retraining swaps in a whole new folder, and files of
+    the user's would be lost. A missing or empty folder, or a run folder, is fine."""
+    from ._cleanup import is_temp_name
+
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise MedcliError(f"--out {out}: is a file; give a folder for the run")
+    foreign = sorted(e.name for e in out.iterdir()
+                     if e.name not in RUN_ENTRIES and not is_temp_name(e.name))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", …" if len(foreign) > 5 else "")
+        raise MedcliError(f"--out {out}: holds files that are not part of a run folder ({shown}); training replaces the whole "
+                          f"folder, so give a new or empty folder, or move them away")
 
 
 def read_config(run_dir: str | os.PathLike) -> dict:

@@ -28,7 +28,7 @@ from medcli.training.config import from_dict, read_cells
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Differ between two trainings of the same cell however deterministic it is: times and where it ran.
-VOLATILE_RUN = ("finished", "hardware")
+VOLATILE_RUN = ("finished", "hardware", "run_id")  # run_id: a new identity per trained (or restored) model
 VOLATILE_SUMMARY = ("train_seconds",)
 
 
@@ -61,6 +61,7 @@ def _comparable(run: Path) -> dict:
     history = [line.rsplit(",", 1)[0] for line in (run / "history.csv").read_text().splitlines()]  # last column: seconds
     assert history[0].endswith("lr")
     model = torch.load(run / "model.pt", map_location="cpu", weights_only=False)
+    assert model.pop("run_id") == json.loads((run / "config.json").read_text())["run_id"]  # one model: the same identity
     return {"config": doc, "history": history, "val": (run / "predictions" / "val.csv").read_bytes(),
             "metrics": (run / "metrics" / "val.json").read_bytes() if (run / "metrics" / "val.json").exists() else None,
             "files": sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()), "model": model}

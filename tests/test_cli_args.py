@@ -122,7 +122,7 @@ def test_eval_defaults(fake, tmp_path):
     invoke("eval", str(tmp_path / "run"))
     assert evaluate.only_call == {
         "run_dir": tmp_path / "run", "split": "test", "tta": False, "data": None, "name": None, "aliases": {},
-        "skip_bad": False, "n_bootstrap": 1000, "seed": 0, "figures": True,
+        "skip_bad": False, "n_bootstrap": 1000, "seed": 0, "figures": True, "cache_dir": None,
     }
     assert render.only_call["results"] == {"test": {}}
 
@@ -131,10 +131,10 @@ def test_eval_external_data_with_every_option(fake, tmp_path):
     evaluate = fake("medcli.evaluation.runner:evaluate_run", returns={})
     fake("medcli.evaluation.runner:render")
     invoke("eval", str(tmp_path / "run"), "--split", "all", "--tta", "--data", str(tmp_path / "site b"), "--name", "site-b",
-           "--alias", "NA=normal", "--skip-bad", "--bootstrap", "0", "--seed", "3", "--no-figures")
+           "--alias", "NA=normal", "--skip-bad", "--bootstrap", "0", "--seed", "3", "--no-figures", "--cache-dir", str(tmp_path / "c"))
     assert evaluate.only_call == {
         "run_dir": tmp_path / "run", "split": "all", "tta": True, "data": tmp_path / "site b", "name": "site-b",
-        "aliases": {"NA": "normal"}, "skip_bad": True, "n_bootstrap": 0, "seed": 3, "figures": False,
+        "aliases": {"NA": "normal"}, "skip_bad": True, "n_bootstrap": 0, "seed": 3, "figures": False, "cache_dir": tmp_path / "c",
     }
     assert isinstance(evaluate.only_call["data"], Path)
 
@@ -145,7 +145,7 @@ def test_eval_several_runs_calls_evaluate_run_once_per_run_with_the_same_options
     a, b = tmp_path / "cnn__full" / "seed0" / "fold1", tmp_path / "cnn__full" / "seed0" / "fold2"
     out = invoke("eval", str(a), str(b), "--split", "all", "--bootstrap", "0", "--seed", "3", "--no-figures", "--alias", "NA=normal")
     options = {"split": "all", "tta": False, "data": None, "name": None, "aliases": {"NA": "normal"}, "skip_bad": False,
-               "n_bootstrap": 0, "seed": 3, "figures": False}
+               "n_bootstrap": 0, "seed": 3, "figures": False, "cache_dir": None}
     assert evaluate.calls == [{"run_dir": a, **options}, {"run_dir": b, **options}]
     assert [c["results"] for c in render.calls] == [{"test": {"run": str(a)}}, {"test": {"run": str(b)}}]
     assert out.index(f"== {a}") < out.index(f"written under {a}") < out.index(f"== {b}") < out.index(f"written under {b}")
@@ -205,12 +205,12 @@ def test_gradcam_defaults_and_options(fake, tmp_path):
     summarize = fake("medcli.gradcam.run:summarize", returns="CAM SUMMARY")
     invoke("gradcam", str(tmp_path / "run"))
     assert explain.only_call == {"run_dir": tmp_path / "run", "split": "test", "n": 16, "method": "gradcam", "target": "pred",
-                                 "batch_size": 16, "seed": 0}
+                                 "batch_size": 16, "seed": 0, "cache_dir": None}
     explain.calls.clear()
     out = invoke("gradcam", str(tmp_path / "run"), "--split", "val", "--n", "4", "--method", "gradcam++", "--target", "true",
-                 "--batch-size", "2", "--seed", "9")
+                 "--batch-size", "2", "--seed", "9", "--cache-dir", str(tmp_path / "c"))
     assert explain.only_call == {"run_dir": tmp_path / "run", "split": "val", "n": 4, "method": "gradcam++", "target": "true",
-                                 "batch_size": 2, "seed": 9}
+                                 "batch_size": 2, "seed": 9, "cache_dir": tmp_path / "c"}
     assert summarize.calls[-1] == {"result": {"n": 0}} and "CAM SUMMARY" in out
 
 

@@ -253,15 +253,17 @@ def test_cli_hands_predict_the_options_typed(monkeypatch, tmp_path):
     monkeypatch.setattr(prediction, "render", lambda result, console: calls.append(result))
     res = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), str(tmp_path / "a.png"), str(tmp_path / "dir"), "-o",
                                    str(tmp_path / "o.csv"), "--tta", "--no-labels", "--alias", "A=a", "--batch-size", "8",
-                                   "--bootstrap", "0", "--seed", "3"])
+                                   "--bootstrap", "0", "--seed", "3", "--cache-dir", str(tmp_path / "c")])
     assert res.exit_code == 0, res.output
     assert calls[0] == ((tmp_path / "run", [tmp_path / "a.png", tmp_path / "dir"], tmp_path / "o.csv"),
-                        {"tta": True, "labels": False, "aliases": {"A": "a"}, "batch_size": 8, "n_bootstrap": 0, "seed": 3})
+                        {"tta": True, "labels": False, "aliases": {"A": "a"}, "batch_size": 8, "n_bootstrap": 0, "seed": 3,
+                         "cache_dir": tmp_path / "c"})
     assert calls[1] == "RESULT"
     res = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), str(tmp_path / "a.png")])
     assert res.exit_code == 0, res.output
     assert calls[2] == ((tmp_path / "run", [tmp_path / "a.png"], Path("predictions.csv")),
-                        {"tta": False, "labels": None, "aliases": {}, "batch_size": 64, "n_bootstrap": 1000, "seed": 0})
+                        {"tta": False, "labels": None, "aliases": {}, "batch_size": 64, "n_bootstrap": 1000, "seed": 0,
+                         "cache_dir": None})
 
 
 def test_without_the_training_images_flags_come_from_inspect_json_or_a_warning(trained, tmp_path):

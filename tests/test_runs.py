@@ -117,8 +117,10 @@ def test_open_run_refuses_what_is_not_a_run(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"format": "medcli.run/1", "config": {"fold": 2}, "classes": ["NA", "b"]}))
     with pytest.raises(MedcliError, match="lacks preprocess"):
         runs.open_run(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({"format": "medcli.run/1", "config": {"fold": 2, "seed": 1}, "classes": ["NA", "b"],
-                                                      "preprocess": {"img_size": 32, "channels": 1, "resize": "squash", "interpolation": "bilinear"}}))
+    (tmp_path / "config.json").write_text(json.dumps({
+        "format": "medcli.run/1", "classes": ["NA", "b"],
+        "config": {"fold": 2, "seed": 1, "data": "/d", "dataset_name": "d", "backbone": "customcnn", "strategy": "scratch"},
+        "preprocess": {"img_size": 32, "channels": 1, "resize": "squash", "interpolation": "bilinear", "mean": [0.5], "std": [0.25]}}))
     run = runs.open_run(tmp_path)
     assert run.classes == ["NA", "b"] and run.coordinates()["fold"] == 2 and run.store_settings().img_size == 32
 

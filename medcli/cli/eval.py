@@ -27,6 +27,7 @@ def eval_cli(
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Write the figures."),
     figures_for: Optional[list[Path]] = typer.Option(None, "--figures-for", help="With several runs: write figures for these runs "
                                                      "only (repeatable; the workflow's eval.figures: first).", show_default=False),
+    cache_dir: Optional[Path] = opt.CacheDir,
 ) -> None:
     """Predictions, metrics with bootstrap CIs, calibration and figures for trained runs.
 
@@ -41,7 +42,7 @@ def eval_cli(
 
     opt.setup()
     options = dict(split=split, tta=tta, data=data, name=name, aliases=opt.aliases(alias), skip_bad=skip_bad,
-                   n_bootstrap=bootstrap, seed=seed, figures=figures)
+                   n_bootstrap=bootstrap, seed=seed, figures=figures, cache_dir=cache_dir)
     if len(run) == 1:
         if figures_for:
             options["figures"] = figures and os.path.abspath(run[0]) in {os.path.abspath(p) for p in figures_for}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -19,6 +20,7 @@ def gradcam_cli(
     target: str = typer.Option("pred", "--target", help="Explain the predicted class (pred) or the true class (true)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per CAM batch."),
     seed: int = typer.Option(0, "--seed", help="Seed of the image selection."),
+    cache_dir: Optional[Path] = opt.CacheDir,
 ) -> None:
     """Grad-CAM overlays, per-class galleries and a faithfulness score for a trained run."""
     from ..preflight import check_writable, run_folder
@@ -28,5 +30,5 @@ def gradcam_cli(
     from ..gradcam import explain_run, summarize
 
     opt.setup()
-    result = explain_run(run, split=split, n=n, method=method, target=target, batch_size=batch_size, seed=seed)
+    result = explain_run(run, split=split, n=n, method=method, target=target, batch_size=batch_size, seed=seed, cache_dir=cache_dir)
     typer.echo(summarize(result))

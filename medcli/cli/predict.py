@@ -26,6 +26,7 @@ def predict_cli(
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% intervals of labelled input (0: none)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    cache_dir: Optional[Path] = opt.CacheDir,
 ) -> None:
     """Predict new images with a trained model, exactly as it was trained and evaluated (preprocessing, calibration, threshold).
 
@@ -38,5 +39,5 @@ def predict_cli(
 
     opt.setup()
     result = predict(model, inputs, out, tta=tta, labels=labels, aliases=opt.aliases(alias), batch_size=batch_size,
-                     n_bootstrap=bootstrap, seed=seed)
+                     n_bootstrap=bootstrap, seed=seed, cache_dir=cache_dir)
     render(result, Console())

@@ -73,24 +73,30 @@ def predict_logits(model, images: np.ndarray, rows: np.ndarray, mean, std, *, tt
                  autocast=lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)).numpy()
 
 
-def _store_for(dataset, run: runs.Run, sample_ids: set[str] | None):
+def _store_for(dataset, run: runs.Run, sample_ids: set[str] | None, cache_dir: str | os.PathLike | None = None):
+    """The image store of ``dataset`` (only ``sample_ids`` when given) with the run's store settings, in the reader's
+    ``cache_dir`` (None: the default cache; never the cache the run recorded)."""
     from ..data.store import materialize
 
     if sample_ids is not None:  # a filtered copy: the caller's dataset keeps every sample
         dataset = copy.copy(dataset)
         dataset.samples = [s for s in dataset.samples if s.id in sample_ids]
-    return materialize(dataset, run.store_settings(), run.config.get("cache_dir"), run.config.get("workers"))
+    return materialize(dataset, run.store_settings(), cache_dir)
 
 
 def _run_splits(doc: dict, dataset) -> dict:
     """The run's splits file, checked against the dataset and against the splits the run was trained with.
 
     A splits file re-made after training (another seed, other folds) would put images the model was trained
-    on into the test set, so a changed file is refused rather than used.
+    on into the test set, so a changed file is refused rather than used; so is one whose classes are not the
+    run's (in the model's output order).
     """
     from ..splits import load_splits, splits_fingerprint
 
     splits_doc = load_splits(doc["splits_file"], dataset)
+    if list(splits_doc.get("classes") or []) != list(doc["classes"]):
+        raise MedcliError(f"{doc['splits_file']}: its classes {splits_doc.get('classes')} are not the run's classes {doc['classes']} "
+                          "(config.json, in output order); evaluate with the run's own splits and config.json, or train it again")
     recorded = doc.get("splits_fingerprint")
     if recorded and splits_fingerprint(splits_doc) != recorded:
         raise MedcliError(
@@ -110,12 +116,13 @@ def _external_name(name: str | None, data: str | os.PathLike) -> str:
 class OwnData:
     """The run's own dataset, splits, image store and scan records, each loaded once and only when needed."""
 
-    def __init__(self, run: runs.Run) -> None:
+    def __init__(self, run: runs.Run, cache_dir: str | os.PathLike | None = None) -> None:
         self.run = run
+        self.cache_dir = cache_dir  # the reader's cache (None: the default one), never the run's recorded one
 
     @cached_property
     def dataset(self):
-        return self.run.load_dataset()
+        return self.run.load_dataset(self.cache_dir)
 
     @cached_property
     def splits(self) -> dict:
@@ -127,14 +134,14 @@ class OwnData:
 
     @cached_property
     def store(self):
-        return _store_for(self.dataset, self.run, set(self.splits["labels"]))
+        return _store_for(self.dataset, self.run, set(self.splits["labels"]), self.cache_dir)
 
     @cached_property
     def records(self) -> dict:
         """``{id: ScanRecord}`` of every file of the dataset (the scan cache written by ``inspect``/``split``)."""
         from ..data import scan_dataset
 
-        return scan_dataset(self.dataset, self.run.config.get("cache_dir"), self.run.config.get("workers"))
+        return scan_dataset(self.dataset, self.cache_dir)
 
 
 @dataclass(frozen=True)
@@ -169,6 +176,7 @@ def evaluate_run(
     n_bootstrap: int = 1000,
     seed: int = 0,
     figures: bool = True,
+    cache_dir: str | os.PathLike | None = None,
 ) -> dict[str, dict]:
     """Score a trained run on its validation fold, its test set, or an external dataset.
 
@@ -185,6 +193,8 @@ def evaluate_run(
         n_bootstrap: bootstrap resamples for the 95 % intervals of the headline metrics (0: none).
         seed: seed of the bootstrap.
         figures: also draw the confusion, ROC, PR and reliability figures (and the learning curves).
+        cache_dir: where decoded images are cached (None: the default cache, :func:`medcli.paths.default_cache_dir`);
+            the cache a run recorded is never used: a run folder is read, not obeyed.
 
     Returns ``{split or external name: metrics document}`` (format ``medcli.metrics/1``, as written).
 
@@ -195,9 +205,11 @@ def evaluate_run(
     ``metrics.json`` gains ``overlap``: external images duplicating the run's development pool or test set
     (:func:`medcli.evaluation.overlap.external_overlap`; keys ``exact_dev``, ``near_dev``, ``exact_test``,
     ``near_test``, ``n_external``, ``n_dev``, ``n_test``, ``threshold_bits``, ``ids``).
-    The temperature and (binary tasks) the Youden threshold are fitted on validation predictions only.
+    The temperature and (binary tasks) the Youden threshold are fitted on validation predictions only. Every
+    metrics document records the model's ``run_id``.
 
-    Raises :class:`MedcliError` for an unknown ``split``, a folder that is not a run, missing or unreadable
+    Raises :class:`MedcliError` for an unknown ``split``, a folder that is not a run (or whose ``config.json`` has
+    an invalid field, or whose ``model.pt`` is unsafe or not the model ``config.json`` describes), missing or unreadable
     validation predictions, a splits file changed since training, an empty test set, a bad external ``name``
     or external classes that do not match the run's.
     """
@@ -205,7 +217,7 @@ def evaluate_run(
         raise MedcliError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
     run = runs.open_run(run_dir)
     model = run.load_model()
-    own = OwnData(run)
+    own = OwnData(run, cache_dir)
     val_frame, val_y, val_logits = _validation_scores(run, model, own, tta)
     scoring = _fit_on_validation(run, val_y, val_logits, tta=tta, n_bootstrap=n_bootstrap, seed=seed, figures=figures)
     if data is not None:
@@ -340,7 +352,7 @@ def score_external(scoring: Scoring, model, own: OwnData, other, mapping: dict[s
     run = scoring.run
     overlap = external_overlap({s.id: records[s.id] for s in other.samples}, own.records, development_pool(own.splits),
                                own.splits["test"], near_threshold(own.splits))
-    store = _store_for(other, run, None)
+    store = _store_for(other, run, None, own.cache_dir)
     index = {c: k for k, c in enumerate(run.classes)}
     y = np.array([index[mapping[s.label]] for s in other.samples], dtype=np.intp)
     ids = [s.id for s in other.samples]
@@ -361,10 +373,9 @@ def _evaluate_external(scoring: Scoring, model, own: OwnData, data, name: str | 
     from ..data import require_readable, scan_dataset
 
     run = scoring.run
-    cfg = run.config
     ext_name = _external_name(name, data)
     other, mapping = load_external(run, data, aliases)
-    records = scan_dataset(other, cfg.get("cache_dir"), cfg.get("workers"))
+    records = scan_dataset(other, own.cache_dir)
     other = require_readable(other, records, skip_bad)
     scores = score_external(scoring, model, own, other, mapping, records, data)
     outputs = _Outputs(paths.external_predictions_file(run.path, ext_name), paths.external_metrics_file(run.path, ext_name),
@@ -396,6 +407,7 @@ def metrics_document(scoring: Scoring, split: str, y: np.ndarray, logits: np.nda
     return {
         "format": METRICS_FORMAT,
         "run": run.coordinates(),
+        "run_id": run.run_id,
         "split": split,
         "n": int(len(y)),
         "classes": classes,

@@ -74,17 +74,18 @@ def select_samples(frame: pd.DataFrame, classes: list[str], n: int, seed: int = 
     return pd.concat(chosen, ignore_index=True)
 
 
-def load_pixels(doc: dict, ids: list[str]) -> np.ndarray:
+def load_pixels(doc: dict, ids: list[str], cache_dir: str | os.PathLike | None = None) -> np.ndarray:
     """The run's model-input images for ``ids``: ``(N, H, W, C)`` uint8, exactly as the image store holds them.
 
     Each file is decoded and resized with the run's recorded preprocessing, by the same functions that
-    :func:`medcli.data.store.materialize` uses, so only the requested images are decoded.
+    :func:`medcli.data.store.materialize` uses, so only the requested images are decoded. ``cache_dir``: the
+    reader's cache (None: the default), never the one the run recorded.
     """
     from ..data.decode import DecodeError, resize, to_channels
     from ..data.scan import load_image
 
     cfg, pre = doc["config"], doc["preprocess"]
-    dataset = runs.load_run_dataset(cfg)
+    dataset = runs.load_run_dataset({**cfg, "cache_dir": None if cache_dir is None else str(cache_dir)})
     recorded = doc.get("data_fingerprint")
     if recorded and dataset.fingerprint() != recorded:
         raise MedcliError(
@@ -145,6 +146,7 @@ def explain_run(
     target: str = "pred",
     batch_size: int = 16,
     seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Explain a run's predictions on ``split`` with CAMs; write overlays, galleries and ``index.json``.
 
@@ -156,6 +158,7 @@ def explain_run(
         target: explain the predicted class (``pred``) or the true class (``true``).
         batch_size: images per CAM chunk.
         seed: seed of the image selection.
+        cache_dir: the cache for reading the run's dataset (None: the default cache; never the run's recorded one).
 
     Returns the ``index.json`` document plus ``folder`` (where the outputs went).
 
@@ -167,9 +170,12 @@ def explain_run(
     and swapped in at the end (:func:`medcli._io.publish_dir` with ``replace=True``), so it never mixes two
     explanations.
 
+    ``index.json`` records the model's ``run_id``.
+
     Raises :class:`MedcliError` for an unknown split, target or method, ``n`` or ``batch_size`` below 1, a folder
-    that is not a run, missing or unreadable predictions (``test`` needs ``medcli eval`` first), or a dataset
-    that changed since training.
+    that is not a run (or whose ``model.pt`` is not the model ``config.json`` describes), missing or unreadable
+    predictions (``test`` needs ``medcli eval`` first), test predictions of another model (``metrics/test.json``'s
+    ``run_id`` is not the run's), or a dataset that changed since training.
     """
     from ..preprocess import to_model_input
 
@@ -177,8 +183,10 @@ def explain_run(
     run = runs.open_run(run_dir)
     classes, pre, doc = run.classes, run.preprocess, run.doc
     index = {c: k for k, c in enumerate(classes)}
+    if split != "val":  # eval's predictions: they must be of this model (val.csv is written with it by training)
+        _check_eval_outputs(run, split)
     chosen = select_samples(read_predictions(paths.predictions_file(run.path, split), classes), classes, n, seed)
-    pixels = load_pixels(doc, list(chosen["id"]))
+    pixels = load_pixels(doc, list(chosen["id"]), cache_dir)
 
     model = run.load_model(runs.inference_device())
     device = model_device(model)
@@ -201,6 +209,7 @@ def explain_run(
         document = {
             "format": INDEX_FORMAT,
             "run": run.coordinates(),
+            "run_id": run.run_id,
             "method": method,
             "target": target,
             "split": split,
@@ -223,6 +232,18 @@ def explain_run(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {**document, "folder": str(final)}
+
+
+def _check_eval_outputs(run: runs.Run, split: str) -> None:
+    """``predictions/<split>.csv`` is written by ``medcli eval`` together with ``metrics/<split>.json``, which records
+    the model it scored: refuse predictions of another model (runs written before ``run_id`` are not checked)."""
+    if run.run_id is None:
+        return
+    fix = f"re-run `medcli eval {run.path} --split {split}`"
+    metrics = paths.metrics_file(run.path, split)
+    if not os.path.isfile(metrics):
+        raise MedcliError(f"{metrics}: not found, so {paths.predictions_file(run.path, split)} cannot be tied to this model; {fix}")
+    runs.check_derived(run.doc, runs.read_metrics(metrics), metrics, fix)
 
 
 def _write_overlays(folder: Path, chosen: pd.DataFrame, classes: list[str], pixels: np.ndarray, cams: np.ndarray,

@@ -12,13 +12,16 @@ A model file is a ``torch.save``-d dict of primitives, lists, dicts and tensors 
 ``state_dict``    the whole model (``trunk.*`` and ``head.*`` keys), on the CPU
 ...               whatever the caller passes as ``extra`` (fold, metrics, versions, ...)
 
-Files are written atomically (temporary file in the same folder, then ``os.replace``), so an interrupted run
-never leaves a truncated model where a complete one is expected.
+Files are written atomically (temporary file ``.model.pt.tmp-<pid>`` in the same folder, then ``os.replace``), so
+an interrupted run never leaves a truncated model where a complete one is expected, and its leftover temporary
+file is recognised and removed by the next training (:mod:`medcli._cleanup`). A file that ``weights_only``
+loading refuses is reported as not a safe medcli model, without torch's advice to load it unsafely.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +95,7 @@ def save_model(path: str | os.PathLike, model: nn.Module, *, classes: list[str],
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         **extra,
     }
-    return save_torch(payload, path)  # a full disk or read-only folder: a WriteError naming the path
+    return save_torch(payload, path)  # a full disk or read-only folder: a WriteError naming the path; a kill leaves a temp the next training removes
 
 
 def read_model_file(path: str | os.PathLike) -> dict:
@@ -102,6 +105,10 @@ def read_model_file(path: str | os.PathLike) -> dict:
         raise MedcliError(f"model file {path} not found: train a model first or check the path")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's message here advises loading with weights_only=False, which would run whatever code the file holds
+        raise MedcliError(f"{path}: not a safe medcli model file (it holds objects other than tensors and plain values), so it "
+                          "is not loaded; use a model.pt written by `medcli train`") from None
     except Exception as exc:
         raise MedcliError(f"{path} is not a readable medcli model file ({_first_line(exc)})") from None
     fmt = obj.get("format") if isinstance(obj, dict) else None

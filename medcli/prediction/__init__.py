@@ -64,6 +64,7 @@ def predict(
     batch_size: int = 64,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
 ) -> PredictResult:
     """Predict every image of ``inputs`` with ``model`` and write the predictions CSV ``out``.
 
@@ -78,6 +79,7 @@ def predict(
         aliases: ``{raw class name: model class}`` for labelled input (as ``medcli eval --alias``).
         batch_size: images per forward pass.
         n_bootstrap, seed: bootstrap of the 95 % intervals of labelled metrics (0: none).
+        cache_dir: where decoded images are cached (None: the default cache; never the cache a run recorded).
 
     Writes ``out`` and, for labelled input, ``<out stem>.metrics.json`` (:func:`medcli.paths.predict_metrics_file`:
     a run's document is exactly ``medcli eval RUN --data INPUT``'s ``metrics.json``; an ensemble's has
@@ -90,7 +92,7 @@ def predict(
 
     resolved = resolve_model(model)
     lead = resolved.all_runs[0]
-    cache, workers = lead.config.get("cache_dir"), lead.config.get("workers")
+    cache, workers = cache_dir, None  # the user's cache, never a run folder's record
     inputs = [Path(p) for p in inputs]
     if not inputs:
         raise MedcliError("give at least one INPUT (image or DICOM files, folders or a CSV manifest)")
@@ -109,13 +111,13 @@ def predict(
     scoring, scores = None, None
     if resolved.kind == "run":
         scoring, scores, raw, logits = _run_probabilities(resolved, readable_ds, mapping, records, source, tta, batch_size,
-                                                           n_bootstrap, seed, warnings)
+                                                           n_bootstrap, seed, warnings, cache)
     else:
-        raw, logits = _ensemble_probabilities(resolved, readable_ds, tta, batch_size), None
+        raw, logits = _ensemble_probabilities(resolved, readable_ds, tta, batch_size, cache), None
         log.info("%s: probabilities are the fold models' raw probabilities averaged (as the report's test column); "
                  "no temperature or threshold", resolved.description)
 
-    reference = training_reference(lead)
+    reference = training_reference(lead, cache)
     if reference is None:
         warnings.append("no 'unlike training' flags: training images and inspect.json unavailable")
     row_of = {s.id: k for k, s in enumerate(readable)}
@@ -186,14 +188,14 @@ def _input_dataset(lead: runs.Run, inputs: list[Path], labels: bool | None, alia
 
 
 def _run_probabilities(resolved: Model, dataset, mapping, records, source, tta: bool, batch_size: int, n_bootstrap: int,
-                       seed: int, warnings: list[str]):
+                       seed: int, warnings: list[str], cache_dir=None):
     """``(scoring or None, ExternalScores or None, raw probs (N, C), logits (N, C))`` of one run."""
     from ..evaluation.calibration import softmax
     from ..evaluation.runner import OwnData, score_external, validation_fit
 
     run = resolved.all_runs[0]
     model = run.load_model()
-    own = OwnData(run)
+    own = OwnData(run, cache_dir)
     try:
         scoring = validation_fit(run, model, own, tta=tta, n_bootstrap=n_bootstrap, seed=seed)
     except MedcliError as exc:
@@ -205,22 +207,22 @@ def _run_probabilities(resolved: Model, dataset, mapping, records, source, tta: 
         scores = score_external(scoring, model, own, dataset, mapping, records, source, batch_size=batch_size,
                                 progress="predicting")
         return scoring, scores, softmax(scores.logits), scores.logits
-    logits = _logits(run, model, dataset, tta, batch_size, "predicting")
+    logits = _logits(run, model, dataset, tta, batch_size, "predicting", cache_dir)
     return scoring, None, softmax(logits), logits
 
 
-def _logits(run: runs.Run, model, dataset, tta: bool, batch_size: int, progress: str) -> np.ndarray:
+def _logits(run: runs.Run, model, dataset, tta: bool, batch_size: int, progress: str, cache_dir=None) -> np.ndarray:
     """A run's logits ``(N, C)`` for ``dataset``'s samples, through its own image store and :func:`predict_logits`."""
     from ..data.store import materialize
     from ..evaluation.runner import predict_logits
 
     ds = replace(dataset, decode=run.decode_options())
-    store = materialize(ds, run.store_settings(), run.config.get("cache_dir"), run.config.get("workers"))
+    store = materialize(ds, run.store_settings(), cache_dir)
     return predict_logits(model, store.images, store.rows([s.id for s in ds.samples]), run.preprocess["mean"], run.preprocess["std"],
                           tta=tta, batch_size=batch_size, progress=progress)
 
 
-def _ensemble_probabilities(resolved: Model, dataset, tta: bool, batch_size: int) -> np.ndarray:
+def _ensemble_probabilities(resolved: Model, dataset, tta: bool, batch_size: int, cache_dir=None) -> np.ndarray:
     """Each member's fold models' softmax averaged (:func:`medcli.ensemble.fold_ensemble`), then combined."""
     from ..ensemble import fold_ensemble
     from ..evaluation.calibration import softmax
@@ -230,7 +232,7 @@ def _ensemble_probabilities(resolved: Model, dataset, tta: bool, batch_size: int
         probs = []
         for run in member.runs:
             model = run.load_model()
-            probs.append(softmax(_logits(run, model, dataset, tta, batch_size, f"predicting ({member.name}, fold {run.config.get('fold')})")))
+            probs.append(softmax(_logits(run, model, dataset, tta, batch_size, f"predicting ({member.name}, fold {run.config.get('fold')})", cache_dir)))
             del model
         member_probs.append(fold_ensemble(probs))
     return resolved.combine(member_probs)

@@ -84,14 +84,14 @@ def from_inspect(path: str | os.PathLike) -> Reference | None:
     return Reference(str(path), width, height, modes, frozenset(modalities))
 
 
-def training_reference(run) -> Reference | None:
+def training_reference(run, cache_dir=None) -> Reference | None:
     """The reference of a run's training dataset (see the module docstring), or None (with a warning) when
-    neither the dataset nor an ``inspect.json`` can be read."""
+    neither the dataset nor an ``inspect.json`` can be read. ``cache_dir``: the reader's cache (None: the default)."""
     from ..data import scan_dataset
 
     try:
-        dataset = run.load_dataset()
-        records = scan_dataset(dataset, run.config.get("cache_dir"), run.config.get("workers"))
+        dataset = run.load_dataset(cache_dir)
+        records = scan_dataset(dataset, cache_dir)
         ref = from_records(records.values(), f"scan of {dataset.root}")
         if ref is not None:
             return ref

@@ -7,12 +7,15 @@ obtain glob patterns).
 A *run* is usable for the cross-validation columns when it has ``config.json`` and either ``metrics/val.json``
 (written by ``medcli eval``) or ``predictions/val.csv`` (written by ``medcli train``; its metrics are then
 recomputed here with :func:`~medcli.evaluation.metrics.compute_metrics`). It is *evaluated* when it also has
-``metrics/test.json`` and ``predictions/test.csv``; only evaluated runs enter the test column.
+``metrics/test.json`` and ``predictions/test.csv``; only evaluated runs enter the test column. A run whose
+metrics were written for another model than its ``model.pt`` (their ``run_id`` differs from ``config.json``'s) is
+not used, and the reason says to re-run ``medcli eval``.
 """
 
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,8 @@ from .. import paths, runs
 from .._io import read_json
 from ..errors import MedcliError
 from ..evaluation.metrics import list_metrics
+
+log = logging.getLogger("medcli")
 
 #: Scalar metrics carried into the tables, ``summary.csv`` and ``summary.json``: the metric registry's
 #: ``report`` entries (:mod:`medcli.evaluation.metrics`; binary tasks add sensitivity and specificity).
@@ -126,15 +131,22 @@ def _read_run(folder: str, key: paths.RunKey, results: str | os.PathLike) -> Run
         classes = list(doc.get("classes") or [])
         if len(classes) < 2:
             return "config.json lists no classes"
+        fix = f"re-run `medcli eval {folder} --split all`"
         if os.path.isfile(paths.metrics_file(folder, "val")):
-            val, source = scalar_metrics(runs.read_metrics(paths.metrics_file(folder, "val")).get("metrics") or {}), VAL_FROM_METRICS
+            val_doc = runs.read_metrics(paths.metrics_file(folder, "val"))
+            runs.check_derived(doc, val_doc, paths.metrics_file(folder, "val"), fix)
+            val, source = scalar_metrics(val_doc.get("metrics") or {}), VAL_FROM_METRICS
         elif os.path.isfile(paths.predictions_file(folder, "val")):
             val, source = _metrics_from_predictions(paths.predictions_file(folder, "val"), classes), VAL_FROM_PREDICTIONS
         else:
             return "neither metrics/val.json nor predictions/val.csv"
         test = None
         if os.path.isfile(paths.metrics_file(folder, "test")):
-            test = scalar_metrics(runs.read_metrics(paths.metrics_file(folder, "test")).get("metrics") or {})
+            test_doc = runs.read_metrics(paths.metrics_file(folder, "test"))
+            runs.check_derived(doc, test_doc, paths.metrics_file(folder, "test"), fix)
+            test = scalar_metrics(test_doc.get("metrics") or {})
+    except runs.StaleOutputError as exc:
+        return str(exc)
     except MedcliError as exc:
         return f"unreadable: {exc}"
     return Run(key=key, path=folder, rel=_rel(folder, results), doc=doc, val_metrics=val, val_source=source,
@@ -215,6 +227,7 @@ def gradcam_indexes(run: Run) -> list[tuple[str, str, dict]]:
     """``(split, folder, index)`` for every ``medcli gradcam`` output of a run (``paths.gradcam_index_file``).
 
     An unreadable or foreign ``index.json`` is skipped: explanations are an illustration, never a reason to fail.
+    One written for another model of the run folder (its ``run_id``) is skipped with a warning.
     """
     pattern = paths.gradcam_index_file(glob.escape(run.path), "*")
     out = []
@@ -224,6 +237,8 @@ def gradcam_indexes(run: Run) -> list[tuple[str, str, dict]]:
         except MedcliError:
             continue
         if str(index.get("format", "")).startswith("medcli.gradcam/") and isinstance(index.get("galleries"), dict):
+            if _stale(run, index, file, f"re-run `medcli gradcam {run.path} --split {Path(file).parent.name}`"):
+                continue
             out.append((Path(file).parent.name, str(Path(file).parent), index))
     return out
 
@@ -233,7 +248,8 @@ def external_results(run: Run) -> list[tuple[str, dict]]:
     (``paths.external_metrics_file``), sorted by name.
 
     An unreadable or foreign ``metrics.json`` is skipped: external results are reported, never a reason to fail.
-    Documents written before the overlap check have no ``overlap`` key.
+    Documents written before the overlap check have no ``overlap`` key. One written for another model of the run
+    folder (its ``run_id``) is skipped with a warning.
     """
     pattern = paths.external_metrics_file(glob.escape(run.path), "*")
     out = []
@@ -243,8 +259,20 @@ def external_results(run: Run) -> list[tuple[str, dict]]:
         except MedcliError:
             continue
         if str(doc.get("format", "")).startswith("medcli.metrics/") and isinstance(doc.get("metrics"), dict):
+            if _stale(run, doc, file, f"re-run `medcli eval {run.path} --data {(doc.get('external') or {}).get('data', 'DATA')}`"):
+                continue
             out.append((Path(file).parent.name, doc))
     return out
+
+
+def _stale(run: Run, derived: dict, file: str, fix: str) -> bool:
+    """Whether ``derived`` was written for another model than the run's (logged as a warning)."""
+    try:
+        runs.check_derived(run.doc, derived, file, fix)
+    except MedcliError as exc:
+        log.warning("left out of the report: %s", exc)
+        return True
+    return False
 
 
 def collect_ensembles(results: str | os.PathLike, dataset: str) -> list[EnsembleOutput]:

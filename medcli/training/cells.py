@@ -140,8 +140,10 @@ def keep_finished(cfg: TrainConfig) -> None:
 
 
 def restore_finished(cfg: TrainConfig) -> dict | None:
-    """Link the finished copy of ``cfg`` back into its run folder when it was trained with the same settings key
+    """Link the finished copy of ``cfg`` back as its run folder when it was trained with the same settings key
     into the same folder, on the data and splits that ``cfg`` reads now; its summary, or None (nothing restored).
+    The run folder is replaced whole, as training replaces it (a folder holding files that are not part of a run
+    folder is refused).
 
     Raises :class:`MedcliError` (as training would) when the splits no longer match the data."""
     copy = Path(paths.finished_copy_dir(work_dir(cfg)))
@@ -158,7 +160,17 @@ def restore_finished(cfg: TrainConfig) -> dict | None:
     if (doc.get("splits_fingerprint"), doc.get("data_fingerprint")) != _current_fingerprints(cfg):
         log.info("finished copy %s was trained on other data or splits: training again", copy)
         return None
-    _link_files(copy, Path(cfg.out), [Path(f).relative_to(copy) for f in paths.training_outputs(copy)])
+    # swapped in whole, as training writes it: outputs derived from another model do not stay beside it
+    from .._io import publish_dir, staging_dir
+    from ..runs import check_replaceable
+
+    check_replaceable(cfg.out)
+    stage = staging_dir(cfg.out)
+    try:
+        _link_files(copy, stage, [Path(f).relative_to(copy) for f in paths.training_outputs(copy)])
+        publish_dir(stage, cfg.out, replace=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return doc.get("summary")
 
 

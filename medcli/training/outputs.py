@@ -1,6 +1,6 @@
 """Write a finished run's folder: config.json, history.csv, model.pt and the validation predictions.
 
-Formats are documented in docs/architecture.md; every file is written atomically. The predictions file is
+Formats are documented in docs/architecture.md; the folder is built aside and swapped in whole. The predictions file is
 written by :func:`medcli.runs.write_predictions`, the one writer of that format.
 """
 
@@ -11,6 +11,7 @@ import functools
 import io
 import os
 import platform
+import shutil
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,53 +19,78 @@ from pathlib import Path
 import numpy as np
 
 from .. import paths
-from .._io import write_json, write_text
-from ..runs import RUN_FORMAT, versions, write_predictions  # noqa: F401  (the run-folder formats live in medcli.runs)
+from .._io import publish_dir, staging_dir, write_json, write_text
+from ..runs import RUN_FORMAT, check_replaceable, new_run_id, versions, write_predictions  # noqa: F401  (the formats live in medcli.runs)
 HISTORY_COLUMNS = ["epoch", "phase", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1",
                    "val_roc_auc", "lr", "seconds"]
 
 
-def write_outputs(cfg, fold, model, history: list[dict], val_logits: np.ndarray, summary: dict, resolved: dict | None = None) -> None:
-    """``resolved``: ``{setting: {"value", "reason"}}`` for the settings set by the recipe or derived from the data
-    (:func:`medcli.training.config.resolve_budget`), recorded as ``config.json``'s ``resolved``."""
+def write_outputs(cfg, fold, model, history: list[dict], val_logits: np.ndarray, summary: dict, resolved: dict | None = None) -> str:
+    """Write the run folder ``cfg.out`` whole: ``config.json``, ``history.csv``, ``model.pt`` and
+    ``predictions/val.csv`` are written into a private sibling folder (``.<name>.tmp-<pid>``) and swapped in at the
+    end (:func:`medcli._io.publish_dir`; the old folder is renamed aside, then removed). So the run folder is
+    always one model: a kill leaves the old run as it was, and outputs derived from an older model (metrics,
+    test and external predictions, figures, Grad-CAM, model card) go with it. Returns the ``run_id`` recorded in
+    ``config.json`` and ``model.pt``.
+
+    ``resolved``: ``{setting: {"value", "reason"}}`` for the settings set by the recipe or derived from the data
+    (:func:`medcli.training.config.resolve_budget`), recorded as ``config.json``'s ``resolved``. Paths are
+    recorded absolute (``data``, ``splits``, ``cache_dir``, ``splits_file``), so the run is read the same from any
+    folder.
+
+    Raises :class:`MedcliError` when ``cfg.out`` holds files that are not part of a run folder
+    (:func:`medcli.runs.check_replaceable`)."""
     from ..models import save_model
 
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    # a model card describes the model it was written for: one left from a model trained here before would lie
-    Path(paths.model_card_file(out)).unlink(missing_ok=True)
-    write_predictions(
-        paths.predictions_file(out, "val"), fold.val.ids, [fold.paths_by_id[i] for i in fold.val.ids],
-        fold.val.labels.numpy(), val_logits, fold.classes, fold=cfg.fold, seed=cfg.seed, split="val",
-    )
-    write_history(paths.history_file(out), history)
-    preprocess = {
-        "img_size": cfg.img_size, "channels": cfg.channels, "resize": cfg.resize,
-        "interpolation": fold.interpolation, "mean": summary["mean"], "std": summary["std"],
-    }
-    save_model(paths.model_file(out), model, classes=fold.classes, extra={
-        "preprocess": preprocess, "strategy": cfg.strategy, "weights": cfg.weights, "best_epoch": summary["best_epoch"],
-        "data_fingerprint": fold.data_fingerprint, "splits_fingerprint": fold.splits_fingerprint,
-    })
-    write_json(paths.config_file(out), {
-        "format": RUN_FORMAT,
-        # the data and splits actually used, as absolute paths: `medcli train --config config.json` from any folder
-        # trains on the same images and folds (a relative --data or a default splits file would not)
-        "config": {**cfg.to_dict(), "data": os.path.abspath(cfg.data), "splits": os.path.abspath(fold.splits_path)},
-        "resolved": resolved or {},
-        "classes": fold.classes,
-        "backbone": backbone_record(cfg.backbone, cfg.weights),
-        "preprocess": preprocess,
-        "summary": summary,
-        "data_fingerprint": fold.data_fingerprint,
-        "splits_file": fold.splits_path,
-        "splits_fingerprint": fold.splits_fingerprint,
-        "store_key": fold.store.key,
-        "versions": versions(),
-        "git_revision": git_revision(),
-        "hardware": hardware(),
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    })
+    check_replaceable(out)
+    run_id = new_run_id()
+    stage = staging_dir(out)
+    try:
+        write_predictions(
+            paths.predictions_file(stage, "val"), fold.val.ids, [fold.paths_by_id[i] for i in fold.val.ids],
+            fold.val.labels.numpy(), val_logits, fold.classes, fold=cfg.fold, seed=cfg.seed, split="val",
+        )
+        write_history(paths.history_file(stage), history)
+        preprocess = {
+            "img_size": cfg.img_size, "channels": cfg.channels, "resize": cfg.resize,
+            "interpolation": fold.interpolation, "mean": summary["mean"], "std": summary["std"],
+        }
+        save_model(paths.model_file(stage), model, classes=fold.classes, extra={
+            "preprocess": preprocess, "strategy": cfg.strategy, "weights": cfg.weights, "best_epoch": summary["best_epoch"],
+            "data_fingerprint": fold.data_fingerprint, "splits_fingerprint": fold.splits_fingerprint, "run_id": run_id,
+        })
+        write_json(paths.config_file(stage), {
+            "format": RUN_FORMAT,
+            "run_id": run_id,
+            # paths as absolute paths: `medcli eval`/`gradcam` and `medcli train --config config.json` work from any folder
+            # and read the same images and folds (a relative --data or a default splits file would not)
+            "config": recorded_settings(cfg, fold.splits_path),
+            "resolved": resolved or {},
+            "classes": fold.classes,
+            "backbone": backbone_record(cfg.backbone, cfg.weights),
+            "preprocess": preprocess,
+            "summary": summary,
+            "data_fingerprint": fold.data_fingerprint,
+            "splits_file": os.path.abspath(fold.splits_path),
+            "splits_fingerprint": fold.splits_fingerprint,
+            "store_key": fold.store.key,
+            "versions": versions(),
+            "git_revision": git_revision(),
+            "hardware": hardware(),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
+        publish_dir(stage, out, replace=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return run_id
+
+
+def recorded_settings(cfg, splits_path: str) -> dict:
+    """``cfg`` as ``config.json``'s ``config`` records it: the dataset, the splits actually read and the cache
+    as absolute paths (the weights file is made absolute by :func:`medcli.training.config.resolve`)."""
+    return {**cfg.to_dict(), "data": os.path.abspath(cfg.data), "splits": os.path.abspath(splits_path),
+            "cache_dir": None if cfg.cache_dir is None else os.path.abspath(os.path.expanduser(str(cfg.cache_dir)))}
 
 
 def backbone_record(backbone: str, weights: str) -> dict:

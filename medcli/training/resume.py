@@ -3,7 +3,8 @@
 A checkpoint (:data:`CHECKPOINT_FORMAT`) is a ``torch.save`` dict with the keys ``format``, ``key`` (the
 settings' :meth:`TrainConfig.key`), ``epoch`` (epochs done), ``model``, ``trunk_sha256``, ``optimizer``,
 ``scheduler``, ``best_state``, ``best_score``, ``best_epoch``, ``bad_epochs``, ``history`` (the rows of
-``history.csv`` so far) and ``ema`` (the weight average's tensors, or None). It is written atomically, so it is complete or absent.
+``history.csv`` so far) and ``ema`` (the weight average's tensors, or None). It is written atomically (``.checkpoint.pt.tmp-<pid>``, then renamed), so it is complete or absent; a
+temporary file left by a killed process is removed when the run starts again (:func:`prepare_folders`).
 
 When the plan never trains the trunk, the trunk stays exactly as loaded from the weights: ``model`` and
 ``best_state`` then hold the head's tensors alone and ``trunk_sha256`` the trunk's hash
@@ -30,7 +31,7 @@ def save_checkpoint(path: str, cfg: TrainConfig, epoch: int, model, optimizer, s
                     *, frozen_trunk: str | None = None, average: dict | None = None) -> None:
     """Write the resume state after ``epoch`` epochs to ``path``; with ``frozen_trunk`` (the trunk's hash) the
     trunk's tensors are left out of ``model`` and ``best_state``; ``average``: the weight average's state."""
-    from .._io import atomic_path
+    from .._io import save_torch
 
     tracked = stopper.state_dict()
     model_state, best_state = model.state_dict(), tracked["best_state"]
@@ -49,17 +50,25 @@ def save_checkpoint(path: str, cfg: TrainConfig, epoch: int, model, optimizer, s
         "history": history,
         "ema": average,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch(payload, path)  # a full disk: one error naming the file; a kill mid-write: a temp the next start removes
 
 
 def load_checkpoint(path: str, cfg: TrainConfig, frozen_trunk: str | None = None) -> dict | None:
     """The checkpoint at ``path`` as saved, or None (with a log line saying why) when it is unreadable, has
     another format, belongs to other settings or was saved with another frozen trunk: the run starts over."""
+    import pickle
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message advises an unsafe load: not passed on
+        log.warning("ignoring checkpoint %s: not a safe medcli checkpoint; starting over", path)
+        return None
     except Exception as exc:  # a damaged checkpoint only costs the time to redo it
-        log.warning("ignoring unreadable checkpoint %s (%s); starting over", path, exc)
+        text = str(exc).strip()
+        log.warning("ignoring unreadable checkpoint %s (%s); starting over", path, text.splitlines()[0] if text else type(exc).__name__)
+        return None
+    if not isinstance(state, dict):
+        log.warning("ignoring checkpoint %s: not a medcli checkpoint; starting over", path)
         return None
     if state.get("format") != CHECKPOINT_FORMAT or state.get("key") != cfg.key():
         log.info("checkpoint %s belongs to different settings; starting over", path)
@@ -72,11 +81,48 @@ def load_checkpoint(path: str, cfg: TrainConfig, frozen_trunk: str | None = None
 
 def resume_state(path: str, cfg: TrainConfig, model, frozen_trunk: str | None = None) -> dict | None:
     """:func:`load_checkpoint` when ``path`` exists, with head-only states completed with ``model``'s trunk;
-    None when there is nothing to resume."""
+    None when there is nothing to resume.
+
+    First, as every training starts here: :func:`prepare_folders` (the run folder may be replaced; leftovers of
+    interrupted writes removed)."""
+    prepare_folders(cfg, path)
     state = load_checkpoint(path, cfg, frozen_trunk) if os.path.exists(path) else None
     if state and frozen_trunk:
         state["model"], state["best_state"] = with_trunk(state["model"], model), with_trunk(state["best_state"], model)
     return state
+
+
+def prepare_folders(cfg: TrainConfig, checkpoint: str) -> None:
+    """Before a run trains: refuse an ``--out`` folder that holds files a run folder does not (training replaces
+    it whole at the end, :func:`medcli.runs.check_replaceable`), and, in the main process, remove the temporary
+    files of interrupted writes by processes that are gone (:func:`medcli._cleanup.remove_stale_temps`) from the
+    checkpoint's folder, the run folder and the run folder's own staging names beside it."""
+    import shutil
+    from pathlib import Path
+
+    from .._cleanup import is_stale, remove_stale_temps
+    from ..runs import check_replaceable
+
+    if cfg.out is not None:
+        check_replaceable(cfg.out)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    remove_stale_temps(os.path.dirname(checkpoint) or ".", recursive=False)
+    if cfg.out is None:  # an unresolved cfg (its run folder not known yet)
+        return
+    remove_stale_temps(cfg.out)
+    out = Path(cfg.out).absolute()
+    try:
+        siblings = [e for e in out.parent.iterdir() if e.name.startswith(f".{out.name}.")]
+    except OSError:
+        siblings = []
+    for entry in siblings:  # a staging folder (`.<run>.tmp-<pid>`) or an old folder set aside (`.<run>.old-<pid>`)
+        if is_stale(entry):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            log.info("removed %s, left by an interrupted training", entry)
 
 
 def head_part(state: dict | None) -> dict | None:
