@@ -91,10 +91,10 @@ def plot_confusion_matrix(counts, classes: Sequence[str], path: str | os.PathLik
     with _figure(path, figsize=(side + 1.0, side)) as (fig, ax):
         sns.heatmap(values, annot=annot, fmt="", cmap="Blues", vmin=0.0, vmax=vmax, square=True,
                     xticklabels=classes, yticklabels=classes, linewidths=0.5, linecolor="white",
-                    annot_kws={"size": annot_size}, cbar_kws={"label": "fraction of true class" if normalized
+                    annot_kws={"size": annot_size}, cbar_kws={"label": "fraction of the true class (recall on the diagonal)" if normalized
                                                               else "count"}, ax=ax)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
         ax.set_xticklabels(ax.get_xticklabels(), rotation=35, ha="right", rotation_mode="anchor")
         ax.set_yticklabels(ax.get_yticklabels(), rotation=0)
         if title is None:
@@ -251,9 +251,12 @@ def plot_reliability(y_true, probs, path: str | os.PathLike, *, n_bins: int = DE
 # ----------------------------------------------------------------------------------------------------------
 # learning curves
 
-_LOSS_COLUMNS = (("train_loss", "train"), ("val_loss", "validation"))
-_ACCURACY_COLUMNS = (("train_accuracy", "train accuracy"), ("val_accuracy", "validation accuracy"),
+_LOSS_COLUMNS = (("train_loss", "training loss"), ("val_loss", "validation loss"))
+_ACCURACY_COLUMNS = (("train_accuracy", "training accuracy"), ("val_accuracy", "validation accuracy"),
                      ("val_balanced_accuracy", "validation balanced accuracy"), ("val_roc_auc", "validation ROC AUC"))
+
+
+_COLUMN_NAMES = {**dict(_LOSS_COLUMNS), **dict(_ACCURACY_COLUMNS), "val_macro_f1": "validation macro F1", "epoch": "last epoch"}
 
 
 def _phase_runs(phases: pd.Series, x: np.ndarray) -> list[tuple[str, float, float]]:
@@ -300,8 +303,9 @@ def plot_learning_curves(history: pd.DataFrame, path: str | os.PathLike, *, moni
     marker = "o" if len(h) <= 60 else None
     colors = _palette(len(_ACCURACY_COLUMNS))
 
-    with _figure(path, 1, 2, figsize=(11.0, 4.4), sharex=True) as (fig, (ax_loss, ax_acc)):
-        for ax, columns, ylabel in ((ax_loss, _LOSS_COLUMNS, "loss"), (ax_acc, _ACCURACY_COLUMNS, "accuracy and AUC")):
+    with _figure(path, 1, 2, figsize=(11.0, 5.0), sharex=True) as (fig, (ax_loss, ax_acc)):
+        for ax, columns, ylabel, title_ in ((ax_loss, _LOSS_COLUMNS, "cross-entropy loss", "Loss (lower is better)"),
+                                            (ax_acc, _ACCURACY_COLUMNS, "score", "Accuracy, balanced accuracy, ROC AUC")):
             drawn = 0
             for k, ((column, label), style) in enumerate(zip(columns, ("-", "--", ":", "-."))):
                 if column not in h.columns:
@@ -315,7 +319,7 @@ def plot_learning_curves(history: pd.DataFrame, path: str | os.PathLike, *, moni
             if not drawn:
                 ax.text(0.5, 0.5, f"no {ylabel} recorded", transform=ax.transAxes, ha="center", va="center",
                         color="0.4")
-            ax.set(xlabel=xlabel, ylabel=ylabel, title=ylabel.capitalize())
+            ax.set(xlabel=xlabel, ylabel=ylabel, title=title_)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
         if "phase" in h.columns and h["phase"].dropna().nunique() > 1:
@@ -337,16 +341,18 @@ def plot_learning_curves(history: pd.DataFrame, path: str | os.PathLike, *, moni
             scores = pd.to_numeric(h[monitor], errors="coerce")
             if scores.notna().any():
                 best = int(scores.idxmin() if "loss" in monitor else scores.idxmax())
-                label = f"best epoch {x[best]:g} ({monitor} = {scores[best]:.4g})"
-                for ax in (ax_loss, ax_acc):
-                    ax.axvline(x[best], color="firebrick", linewidth=1.2, linestyle="-.", label=label, zorder=3)
-                best_note = f", best epoch {x[best]:g} by {monitor}"
+                name = _COLUMN_NAMES.get(monitor, monitor)
+                for ax in (ax_loss, ax_acc):  # named by the title and a word at the top, not in the legends
+                    ax.axvline(x[best], color="firebrick", linewidth=1.2, linestyle="-.", zorder=3)
+                    ax.text(x[best], 1.0, " best", transform=ax.get_xaxis_transform(), color="firebrick", ha="left", va="top",
+                            fontsize="small")
+                best_note = f", best epoch {x[best]:g} by {name}: {scores[best]:.3f}"
             else:
                 best_note = f", {monitor} not recorded"
 
-        for ax in (ax_loss, ax_acc):
+        for ax in (ax_loss, ax_acc):  # legends below the plots: curves often run through every corner
             if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize="small", loc="best")
+                ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
         if len(x) == 1:
             ax_loss.set_xlim(x[0] - 1, x[0] + 1)
         fig.suptitle(title or f"Learning curves ({len(h)} epoch{'s' if len(h) != 1 else ''}{best_note})")

@@ -448,10 +448,11 @@ def _figures(folder: Path, split: str, y, probs, calibrated, classes, metrics) -
 
     folder.mkdir(parents=True, exist_ok=True)
     figure = {kind: paths.eval_figure_file(folder, kind, split) for kind in paths.EVAL_FIGURES}
-    plot_confusion_matrix(np.array(metrics["confusion_matrix"]["counts"]), classes, figure["confusion"], title=f"confusion matrix ({split})")
-    plot_roc_curves(y, probs, classes, figure["roc"], title=f"ROC ({split})")
-    plot_pr_curves(y, probs, classes, figure["pr"], title=f"precision-recall ({split})")
-    plot_reliability(y, probs, figure["reliability"], probs_calibrated=calibrated, title=f"reliability ({split})")
+    n = f"{split} split, n = {len(y)}"
+    plot_confusion_matrix(np.array(metrics["confusion_matrix"]["counts"]), classes, figure["confusion"], title=f"Confusion matrix ({n})")
+    plot_roc_curves(y, probs, classes, figure["roc"], title=f"ROC curves, one class against the rest ({n})")
+    plot_pr_curves(y, probs, classes, figure["pr"], title=f"Precision-recall curves ({n})")
+    plot_reliability(y, probs, figure["reliability"], probs_calibrated=calibrated, title=f"Reliability diagram ({n})")
 
 
 def _learning_curves(run: runs.Run) -> None:

@@ -212,15 +212,20 @@ def _figures(results: Path, dataset: str, runs: list[Run], summary: dict, base: 
     path = strategy_figure(runs, primary, label, paths.summary_figure_file(results, dataset, "strategies"))
     if path:
         made.append({"kind": "strategies", "file": _link(path, base),
-                     "caption": f"CV {label} of every run (one point per seed × fold), by strategy, one panel per backbone."})
+                     "caption": f"CV {label} of every run (one point per seed × fold), by strategy, one panel per backbone; "
+                                "boxes show median and quartiles, n the number of runs, the dotted line the chance level where "
+                                "it does not depend on class frequencies."})
     path = learning_curve_figure(runs, primary, label, paths.summary_figure_file(results, dataset, "learning_curves"))
     if path:
         made.append({"kind": "learning_curves", "file": _link(path, base),
-                     "caption": "Validation metric and loss per epoch (history.csv), mean ± sd over the runs of each configuration."})
+                     "caption": "Validation metric (top) and loss (bottom) per epoch (history.csv), one column per backbone, one line "
+                                "per strategy: mean ± sd over the runs still training at that epoch (early stopping ends runs)."})
     best = next((row for row in summary["rows"] if row["test"]), None)
     if best:
         n_seeds = len(best["test"]["seeds"])
-        title = f"{best['config']}\nfold ensemble on the test set" + (f"\n(counts summed over {n_seeds} seeds)" if n_seeds > 1 else "")
+        backbone, strategy = paths.parse_run_name(best["config"])
+        title = (f"Best configuration: {backbone}, {strategy}\nfold ensemble on the test set"
+                 + (f" (counts summed over {n_seeds} seeds)" if n_seeds > 1 else ""))
         path = confusion_figure(best["test"]["confusion"], summary["classes"], title, paths.summary_figure_file(results, dataset, "confusion_best"))
         made.append({"kind": "confusion_best", "file": _link(path, base), "config": best["config"],
                      "caption": f"Test-set confusion matrix of the best configuration, `{best['config']}` (fold ensemble"
