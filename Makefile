@@ -37,4 +37,4 @@ test-fast: $(STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -m "not slow" -n $(TEST_JOBS)
 
 clean:
-	rm -rf $(VENV) work logs .snakemake results/*/ results/summary.* results/experiment.json results/figures
+	rm -rf $(VENV) work logs mlruns .snakemake results/*/ results/summary.* results/experiment.json results/figures
