@@ -86,7 +86,7 @@ def load_pixels(doc: dict, ids: list[str]) -> np.ndarray:
     cfg, pre = doc["config"], doc["preprocess"]
     dataset = runs.load_run_dataset(cfg)
     recorded = doc.get("data_fingerprint")
-    if recorded and dataset.fingerprint() != recorded:
+    if recorded and dataset.fingerprint(like=recorded) != recorded:
         raise MedcliError(
             f"the dataset at {cfg['data']} changed since this run was trained (fingerprint differs); "
             "explanations would not show the images the model was scored on"
