@@ -111,14 +111,17 @@ def load_image(sample: Sample, options: DecodeOptions | None = None):
     return d.image, d.mode, d.format
 
 
-_NPZ_CACHE: dict[tuple[str, str], object] = {}
+_NPZ_CACHE: dict[tuple, object] = {}
 
 
 def _npz_array(path: str, split: str):
     import numpy as np
 
-    key = (path, split)
+    st = os.stat(path)
+    key = (path, split, st.st_size, st.st_mtime_ns, st.st_ctime_ns)  # a rewritten archive is read again
     if key not in _NPZ_CACHE:
+        for old in [k for k in _NPZ_CACHE if k[:2] == (path, split)]:
+            del _NPZ_CACHE[old]
         with np.load(path, allow_pickle=False) as data:
             images = np.asarray(data[f"{split}_images"])
         layout = npz_layout(images.shape)
@@ -207,8 +210,8 @@ def _entry_stamp(entry: dict) -> list | None:
     return [entry.get("size"), entry.get("mtime_ns"), entry.get("ctime_ns")]
 
 
-# content hashes already known in this process: (path, npz index) -> (stamp, digest)
-_DIGESTS: dict[tuple[str, int | None], tuple[list[int], str | None]] = {}
+# content hashes already known in this process: (path, id) -> (stamp, digest)
+_DIGESTS: dict[tuple[str, str], tuple[list[int], str | None]] = {}
 
 
 def scan_dataset(dataset: Dataset, cache_dir: str | os.PathLike | None = None, workers: int | None = None) -> dict[str, ScanRecord]:
@@ -242,7 +245,7 @@ def scan_dataset(dataset: Dataset, cache_dir: str | os.PathLike | None = None, w
         _write_cache(cache_path, dataset, cached)
     for s in dataset.samples:
         if stamps[s.id] is not None:
-            _DIGESTS[(s.path, s.npz_index)] = (stamps[s.id], records[s.id].content)
+            _DIGESTS[(s.path, s.id)] = (stamps[s.id], records[s.id].content)
     return {s.id: records[s.id] for s in dataset.samples}
 
 
@@ -263,7 +266,7 @@ def content_hashes(dataset: Dataset, cache_dir: str | os.PathLike | None = None)
         if stamp is None:
             out[s.id] = None
             continue
-        known = _DIGESTS.get((s.path, s.npz_index))
+        known = _DIGESTS.get((s.path, s.id))
         if known and known[0] == stamp:
             out[s.id] = known[1]
             continue
@@ -272,7 +275,7 @@ def content_hashes(dataset: Dataset, cache_dir: str | os.PathLike | None = None)
         entry = cached.get(s.id)
         if entry and entry.get("content") and _entry_stamp(entry) == stamp:
             out[s.id] = entry["content"]
-            _DIGESTS[(s.path, s.npz_index)] = (stamp, out[s.id])
+            _DIGESTS[(s.path, s.id)] = (stamp, out[s.id])
         else:
             todo.append((s, stamp))
     if todo:
@@ -286,7 +289,7 @@ def content_hashes(dataset: Dataset, cache_dir: str | os.PathLike | None = None)
         assert cached is not None
         for (s, stamp), digest in zip(todo, digests):
             out[s.id] = digest
-            _DIGESTS[(s.path, s.npz_index)] = (stamp, digest)
+            _DIGESTS[(s.path, s.id)] = (stamp, digest)
             entry = cached.get(s.id)
             record = entry.get("record") if entry and _entry_stamp(entry) == stamp else None
             cached[s.id] = _entry(stamp, digest, record)
