@@ -5,8 +5,8 @@
 * Development pool (train + val): ``K`` folds by ``StratifiedGroupKFold`` whose groups are the manifest's
   groups (patients) merged with duplicate clusters (exact and near), so a duplicate never straddles folds.
   ``K = 0`` keeps the dataset's own train/val split (reporting duplicates across it).
-* The file records classes, the class-name mapping, file ids, folds and the data fingerprint; it is validated
-  whenever it is loaded. The format (``medcli.splits/1``) is documented in docs/architecture.md.
+* The file records classes, the class-name mapping, file ids, folds, the data fingerprint and every image's
+  content hash; it is validated whenever it is loaded, and a changed, missing or added image is named. The format (``medcli.splits/1``) is documented in docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from . import __version__
 from ._io import read_json, write_json
 from .data.duplicates import DuplicateReport
 from .data.layouts import Dataset
+from .data.scan import FINGERPRINT_PREFIX, content_hashes
 from .errors import MedcliError
 
 SPLITS_FORMAT = "medcli.splits/1"
@@ -41,6 +42,7 @@ def make_splits(
     val_fraction: float = 0.2,
     drop_test_duplicates: bool = False,
     fingerprint: str | None = None,
+    content: dict[str, str | None] | None = None,
     excluded: list[dict] | None = None,
     allow_missing_classes: bool = False,
     advice: "Advice | None" = None,
@@ -66,6 +68,8 @@ def make_splits(
         drop_test_duplicates: drop test images that duplicate development images (recorded in ``excluded``);
             otherwise they are kept and reported.
         fingerprint: fingerprint of the full dataset (before unreadable files were dropped); default: ``dataset``'s.
+        content: ``{id: content hash}`` of the full dataset (:func:`medcli.data.scan.content_hashes`); default:
+            ``dataset``'s.
         excluded: ``{"id", "reason"}`` for files left out (unreadable).
         allow_missing_classes: accept a fold whose training or validation part, or a test holdout, lacks a class
             of its pool (patient groups holding several classes can force it): it is logged as a warning and
@@ -75,7 +79,8 @@ def make_splits(
 
     Returns:
         The ``medcli.splits/1`` document: ``format``, ``medcli_version``, ``created`` (UTC, ISO 8601),
-        ``dataset`` (root, layout, fingerprint, ``n_images`` including excluded files), ``settings``, ``classes``,
+        ``dataset`` (root, layout, fingerprint, ``n_images`` including excluded files, ``content_hashes``: id ->
+        BLAKE2b-128 of the file), ``settings``, ``classes``,
         ``class_mapping``, ``labels`` (id -> class for every kept image), ``groups`` (id -> ``g<n>`` for images
         sharing a group), ``test_source`` (``dataset`` or ``holdout``), ``test`` (sorted ids), ``folds`` (``fold``,
         sorted ``train`` and ``val`` ids, and with ``folds=0`` a ``source``), ``excluded`` and ``leakage``; only
@@ -112,6 +117,7 @@ def make_splits(
             "layout": dataset.layout,
             "fingerprint": fingerprint or dataset.fingerprint(),
             "n_images": len(ids) + len(excluded or []),
+            "content_hashes": dict(sorted((content if content is not None else content_hashes(dataset)).items())),
         },
         "settings": {
             "folds": folds,
@@ -506,30 +512,103 @@ def check_splits(doc: dict, source: str = "splits.json") -> None:
             raise MedcliError(f"{source}: fold {f['fold']} lists {sorted(unknown)[0]!r}, which has no label")
 
 
-def save_splits(doc: dict, path: str | os.PathLike) -> Path:
-    return write_json(path, doc)
+def save_splits(doc: dict, path: str | os.PathLike, *, exclusive: bool = False) -> bool:
+    """Write ``doc`` to ``path`` atomically; return whether it was written.
+
+    ``exclusive``: create ``path`` only if it does not exist yet, atomically (written aside, then hard-linked into
+    place, which fails when another process created it first); False when another process did, and its file is
+    left as it is.
+    """
+    if not exclusive:
+        write_json(path, doc)
+        return True
+    path = Path(path)
+    mine = write_json(path.parent / f".{path.name}.{os.getpid()}.new", doc)  # complete before it gets the name
+    try:
+        os.link(mine, path)
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links: claim the name, then move ours onto it
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return False
+        os.replace(mine, path)
+    finally:
+        mine.unlink(missing_ok=True)
+    return True
+
+
+_LEGACY_WARNED: set[str] = set()
 
 
 def load_splits(path: str | os.PathLike, dataset: Dataset | None = None) -> dict:
     """Read and validate ``splits.json``; with ``dataset``, also check that it describes that very data.
 
+    The dataset check compares fingerprints (:meth:`Dataset.fingerprint`: ids, labels, splits, groups and every
+    image's content). When they differ, the images that changed, went missing or were added are named (from the
+    per-image ``content_hashes`` the file records). A file made before content hashes were recorded (fingerprint
+    ``sha256:...``) is checked the old way (ids, labels, sizes) and accepted with a warning that pixels were not
+    checked, since they cannot be: nothing records what they were.
+
     Raises:
-        MedcliError: bad format, overlapping sets, a listed file that no longer exists, or a different fingerprint.
+        MedcliError: bad format, overlapping sets, a listed file that no longer exists, or a dataset that changed
+            (naming the first images of each kind and their counts).
     """
     doc = read_json(path)
     check_splits(doc, str(path))
     if dataset is not None:
-        if doc["dataset"]["fingerprint"] != dataset.fingerprint():
+        recorded = doc["dataset"]["fingerprint"]
+        if dataset.fingerprint(like=recorded) != recorded:
+            changes = dataset_changes(doc, dataset)
             raise MedcliError(
-                f"{path}: the dataset at {dataset.root} changed since these splits were made (fingerprint differs); "
-                f"re-run `medcli split` to make new splits"
+                f"{path}: the dataset at {dataset.root} changed since these splits were made: "
+                + (", ".join(changes) if changes else "its fingerprint differs (labels, splits or groups)")
+                + "; restore the images, or re-run `medcli split` to make new splits (and train again on them)"
             )
         by_id = dataset.by_id()
         listed = set(doc["test"]).union(*(set(f["train"]) | set(f["val"]) for f in doc["folds"]))
         missing = sorted(i for i in listed if i not in by_id or not os.path.exists(by_id[i].path))
         if missing:
-            raise MedcliError(f"{path}: {len(missing)} listed image(s) no longer exist, e.g. {missing[0]!r}; re-run `medcli split`")
+            raise MedcliError(f"{path}: {len(missing)} listed image(s) no longer exist: {_some(missing)}; re-run `medcli split`")
+        if not recorded.startswith(FINGERPRINT_PREFIX) and str(path) not in _LEGACY_WARNED:
+            _LEGACY_WARNED.add(str(path))
+            log.warning(
+                "%s was made by an older medcli that recorded no content hashes: image names, labels and byte sizes "
+                "were checked, the pixels could not be; re-run `medcli split` with the same settings to record them "
+                "(the splits come out the same)", path
+            )
     return doc
+
+
+def dataset_changes(doc: dict, dataset: Dataset) -> list[str]:
+    """What differs between the images a splits document recorded and ``dataset``, as short phrases: images whose
+    content changed, that are missing, that were added, whose label changed (first few ids and the count of
+    each). Empty when nothing can be named (e.g. only groups changed)."""
+    recorded = doc["dataset"].get("content_hashes")
+    by_id = dataset.by_id()
+    if recorded is None:  # an older file: only the images it lists are known
+        known = set(doc["labels"]) | {e["id"] for e in doc.get("excluded", [])}
+        now = {i: (by_id[i] if os.path.exists(by_id[i].path) else None) for i in by_id}
+        missing = sorted(i for i in known if now.get(i) is None)
+        added = sorted(i for i in now if i not in known)
+        changed: list[str] = []
+    else:
+        current = content_hashes(dataset)
+        missing = sorted(i for i in recorded if current.get(i) is None)
+        added = sorted(i for i in current if i not in recorded and current[i] is not None)
+        changed = sorted(i for i in recorded if current.get(i) is not None and current[i] != recorded[i])
+    relabelled = sorted(i for i, label in doc["labels"].items() if i in by_id and by_id[i].label != label)
+    out = []
+    for ids, what in ((changed, "with other content"), (missing, "missing"), (added, "added"), (relabelled, "with another label")):
+        if ids:
+            out.append(f"{len(ids)} image{'s' if len(ids) > 1 else ''} {what} ({_some(ids)})")
+    return out
+
+
+def _some(ids: list[str], k: int = 5) -> str:
+    shown = ", ".join(ids[:k])
+    return shown + (f" and {len(ids) - k} more" if len(ids) > k else "")
 
 
 def split_data(
@@ -551,8 +630,13 @@ def split_data(
     advice: Advice | None = None,
     decode=None,
     group_by: str | None = None,
+    exclusive: bool = False,
 ) -> dict:
     """Index and check the dataset at ``path``, make its splits and write them to ``out`` (atomically).
+
+    ``exclusive``: only create ``out`` if no other process has by the time ours is ready (see
+    :func:`save_splits`); the document returned is then the one in ``out``, whoever wrote it. Two runs started
+    together that both make the splits thus both train on the same file.
 
     ``decode`` (:class:`~medcli.data.decode.DecodeOptions`: DICOM window, frame) decides the pixels that duplicates
     are found on; ``group_by`` (``"patient"``/``"study"``) makes each DICOM patient or study one split group
@@ -581,6 +665,7 @@ def split_data(
         val_fraction=val_fraction,
         drop_test_duplicates=drop_test_duplicates,
         fingerprint=dataset.fingerprint(),
+        content=content_hashes(dataset),
         excluded=excluded,
         allow_missing_classes=allow_missing_classes,
         advice=advice,
@@ -589,7 +674,11 @@ def split_data(
         doc["settings"]["group_by"] = group_by
     if decode is not None and decode.key():
         doc["settings"]["decode"] = {"window": decode.window, "frame": decode.frame}
-    save_splits(doc, out)
+    if not save_splits(doc, out, exclusive=exclusive):
+        log.info("%s was made meanwhile by another process; using it", out)
+        return read_json(out)
+    if exclusive:
+        log.info("splits written to %s", out)
     return doc
 
 

@@ -82,7 +82,7 @@ def test_split_defaults(fake, tmp_path):
         "path": tmp_path / "data", "out": Path("results", "data", "splits.json"), "layout": "auto", "aliases": {}, "folds": 5, "seed": 0,
         "test_fraction": 0.2, "val_fraction": 0.2, "drop_test_duplicates": False, "skip_bad": False,
         "near_threshold": None, "cache_dir": None, "workers": None, "allow_missing_classes": False, "advice": None,
-        "decode": DecodeOptions(), "group_by": None,
+        "decode": DecodeOptions(), "group_by": None, "exclusive": False,
     }
     assert isinstance(split.only_call["path"], Path)
     assert "splits written to results/data/splits.json" in out  # where medcli train looks by default
@@ -100,7 +100,7 @@ def test_split_every_option(fake, tmp_path):
         "path": tmp_path / "data.csv", "out": tmp_path / "s.json", "layout": "csv", "aliases": {"adeno_left": "adeno", "B": "b"},
         "folds": 3, "seed": 7, "test_fraction": 0.25, "val_fraction": 0.1, "drop_test_duplicates": True, "skip_bad": True,
         "near_threshold": 12, "cache_dir": tmp_path / "cache", "workers": 2, "allow_missing_classes": True, "advice": None,
-        "decode": DecodeOptions(window="lung", frame=2), "group_by": "patient",
+        "decode": DecodeOptions(window="lung", frame=2), "group_by": "patient", "exclusive": False,
     }
     assert summarize.only_call == {"doc": {"folds": []}}  # the summary printed is that of the splits just made
     assert "SUMMARY LINE" in out

@@ -77,7 +77,8 @@ class Sample:
 @dataclass
 class Dataset:
     """An indexed dataset. ``decode`` (how its files are decoded) travels with it to the scan, the image store
-    and Grad-CAM; ``group_by`` says the samples' groups are hashed DICOM identifiers (``patient``/``study``)."""
+    and Grad-CAM; ``group_by`` says the samples' groups are hashed DICOM identifiers (``patient``/``study``);
+    ``cache_dir`` is the cache root it was loaded with (scan records and content hashes live there)."""
 
     root: Path
     layout: str
@@ -87,24 +88,28 @@ class Dataset:
     notes: list[str] = field(default_factory=list)
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     group_by: str | None = None
+    cache_dir: str | None = None  # where its scan records and content hashes are cached (None: the default)
 
     @property
     def splits(self) -> list[str]:
         present = {s.split for s in self.samples if s.split}
         return [s for s in SPLIT_ORDER if s in present]
 
-    def fingerprint(self) -> str:
-        """A hash of what the dataset contains (ids, labels, splits, groups, byte sizes).
+    def fingerprint(self, like: str | None = None) -> str:
+        """A hash of what the dataset contains: ids, labels, splits, groups and every image's content
+        (:func:`medcli.data.scan.fingerprint`, ``content-sha256:...``).
 
-        Modification times are left out on purpose: copying a dataset to a cluster keeps its fingerprint. So are
-        groups read from DICOM headers (``group_by``): they are salted hashes of the files' own content, and the
-        salt differs between machines.
+        Modification times and the location are left out on purpose: copying a dataset to a cluster keeps its
+        fingerprint. So are groups read from DICOM headers (``group_by``): they are salted hashes of the files' own
+        content, and the salt differs between machines. ``like``: a fingerprint recorded earlier; when it is of the
+        older kind (``sha256:...``: ids, labels, splits, groups and byte sizes, no content) that kind is returned,
+        so the two can be compared.
         """
-        h = hashlib.sha256()
-        for s in sorted(self.samples, key=lambda s: s.id):
-            group = None if self.group_by else s.group
-            h.update(f"{s.id}\t{s.label}\t{s.split}\t{group}\t{s.size}\n".encode())
-        return "sha256:" + h.hexdigest()
+        from .scan import FINGERPRINT_PREFIX, fingerprint, index_fingerprint
+
+        if like is not None and not like.startswith(FINGERPRINT_PREFIX):
+            return index_fingerprint(self)
+        return fingerprint(self)
 
     def by_id(self) -> dict[str, Sample]:
         return {s.id: s for s in self.samples}
@@ -156,7 +161,8 @@ def load_dataset(
         group_by: ``patient`` or ``study``: every sample's ``group`` (the unit a split never divides) becomes
             ``hmac(salt, PatientID or StudyInstanceUID, sha256)[:16]`` read from its DICOM header. Identifiers
             never leave this function in clear.
-        cache_dir: cache root holding the identifier salt ``<cache>/id-salt`` (see :func:`id_salt`).
+        cache_dir: cache root holding the identifier salt ``<cache>/id-salt`` (see :func:`id_salt`), the scan
+            records and the content hashes; kept as ``Dataset.cache_dir``.
 
     Returns:
         A :class:`Dataset`: ``samples`` (sorted by id; an id is the path relative to the root, posix, or
@@ -196,7 +202,7 @@ def load_dataset(
     samples.sort(key=lambda s: s.id)
     classes = sorted({s.label for s in samples})
     dataset = Dataset(root=root, layout=layout, classes=classes, class_mapping=mapping, samples=samples, notes=notes,
-                      decode=decode, group_by=group_by)
+                      decode=decode, group_by=group_by, cache_dir=str(cache_dir) if cache_dir else None)
     for raw, canonical in dataset.renamed_classes().items():
         log.info("class %r -> %r", raw, canonical)
     for note in notes:

@@ -4,9 +4,14 @@ and for DICOM files modality, photometric interpretation, bits stored, transfer 
 :func:`load_image` is the one function that turns a sample into pixels (scan, image store and Grad-CAM all call
 it, with the dataset's :class:`~medcli.data.decode.DecodeOptions`).
 
-Decoding runs in worker processes with a progress bar. Results are cached per file (keyed by its size and
-modification time) under the cache directory, so ``inspect`` followed by ``split`` decodes each image once,
-and editing one file re-scans only that file.
+Decoding runs in worker processes with a progress bar. Results are cached per file (keyed by its size,
+modification time and change time) under the cache directory, so ``inspect`` followed by ``split`` decodes each
+image once, and editing one file re-scans only that file.
+
+Every record also holds the file's content hash (:func:`content_hashes`: BLAKE2b-128 of its bytes; of its row
+for an npz sample), from which the dataset fingerprint (:func:`fingerprint`) is made: an image whose pixels
+change changes the fingerprint even when its byte size does not. Commands that do not scan (``train``,
+``eval``, ``gradcam``) hash only the files that the scan cache does not hold with their current size and times.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from .decode import (
 )
 from .layouts import Dataset, Sample, npz_layout
 
-SCAN_VERSION = 3  # 3: EXIF orientation, multi-frame refusal, npz scaling, DICOM facts
+SCAN_VERSION = 4  # 3: EXIF orientation, multi-frame refusal, npz scaling, DICOM facts; 4: content hashes
+FINGERPRINT_PREFIX = "content-sha256:"  # "sha256:" fingerprints (ids, labels, sizes; no content) came before
+_HASH_CHUNK = 1 << 20
 _CHUNK = 32
 _IN_PROCESS_BELOW = 200  # starting worker processes costs more than decoding a few images
 
@@ -53,6 +60,7 @@ class ScanRecord:
     transfer_syntax: str | None = None
     window: str | None = None
     frames: int | None = None  # frames in the file (every format); None when unknown (unreadable)
+    content: str | None = None  # BLAKE2b-128 (hex) of the file's bytes (npz: of the row); None when missing
 
 
 @dataclass(frozen=True)
@@ -103,14 +111,17 @@ def load_image(sample: Sample, options: DecodeOptions | None = None):
     return d.image, d.mode, d.format
 
 
-_NPZ_CACHE: dict[tuple[str, str], object] = {}
+_NPZ_CACHE: dict[tuple, object] = {}
 
 
 def _npz_array(path: str, split: str):
     import numpy as np
 
-    key = (path, split)
+    st = os.stat(path)
+    key = (path, split, st.st_size, st.st_mtime_ns, st.st_ctime_ns)  # a rewritten archive is read again
     if key not in _NPZ_CACHE:
+        for old in [k for k in _NPZ_CACHE if k[:2] == (path, split)]:
+            del _NPZ_CACHE[old]
         with np.load(path, allow_pickle=False) as data:
             images = np.asarray(data[f"{split}_images"])
         layout = npz_layout(images.shape)
@@ -122,13 +133,32 @@ def _npz_array(path: str, split: str):
     return _NPZ_CACHE[key]
 
 
+def sample_digest(sample: Sample) -> str | None:
+    """BLAKE2b-128 (32 hex digits) of what the sample's pixels come from: the file's bytes, or for an npz row
+    its dtype, shape and bytes. None when the file is gone."""
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        if sample.npz_index is not None:
+            arr = _npz_array(sample.path, sample.split or "train")[sample.npz_index]
+            h.update(f"{arr.dtype.str}{arr.shape}".encode())
+            h.update(arr.tobytes())
+        else:
+            with open(sample.path, "rb") as f:
+                while chunk := f.read(_HASH_CHUNK):
+                    h.update(chunk)
+    except (FileNotFoundError, NotADirectoryError, KeyError, DecodeError):
+        return None
+    return h.hexdigest()
+
+
 def scan_one(sample: Sample, options: DecodeOptions | None = None) -> ScanRecord:
+    content = sample_digest(sample)
     try:
         d = decode_sample(sample, options)
     except MultiFrameError as exc:
-        return ScanRecord(sample.id, False, error=str(exc), frames=exc.frames)
+        return ScanRecord(sample.id, False, error=str(exc), frames=exc.frames, content=content)
     except DecodeError as exc:
-        return ScanRecord(sample.id, False, error=str(exc))
+        return ScanRecord(sample.id, False, error=str(exc), content=content)
     img = d.image
     phash, phash256 = perceptual_hashes(img)
     facts = d.dicom
@@ -149,6 +179,7 @@ def scan_one(sample: Sample, options: DecodeOptions | None = None) -> ScanRecord
         transfer_syntax=facts.transfer_syntax if facts else None,
         window=facts.window if facts else None,
         frames=d.frames,
+        content=content,
     )
 
 
@@ -157,28 +188,47 @@ def _scan_chunk(args: tuple[Sequence[Sample], DecodeOptions]) -> list[ScanRecord
     return [scan_one(s, options) for s in samples]
 
 
-def _cache_file(cache_dir: Path, dataset: Dataset) -> Path:
+def _cache_file(cache_dir: Path | None, dataset: Dataset) -> Path:
     # the decode options change pixels, so they pick another cache file (the defaults keep the old name)
-    key = hashlib.sha256((str(dataset.root) + dataset.decode.key()).encode()).hexdigest()[:16]
-    from ..paths import scan_cache_file
+    from ..paths import default_cache_dir, scan_cache_file
 
-    return Path(scan_cache_file(cache_dir, key))
+    key = hashlib.sha256((str(dataset.root) + dataset.decode.key()).encode()).hexdigest()[:16]
+    return Path(scan_cache_file(Path(cache_dir) if cache_dir else default_cache_dir(), key))
+
+
+def _file_stamp(sample: Sample) -> list[int] | None:
+    """``[size, mtime_ns, ctime_ns]`` of the sample's file (the npz archive for npz rows), None when it is gone.
+    The change time cannot be set back, so a file edited and given its old modification time is still seen."""
+    try:
+        st = os.stat(sample.path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _entry_stamp(entry: dict) -> list | None:
+    return [entry.get("size"), entry.get("mtime_ns"), entry.get("ctime_ns")]
+
+
+# content hashes already known in this process: (path, id) -> (stamp, digest)
+_DIGESTS: dict[tuple[str, str], tuple[list[int], str | None]] = {}
 
 
 def scan_dataset(dataset: Dataset, cache_dir: str | os.PathLike | None = None, workers: int | None = None) -> dict[str, ScanRecord]:
     """Scan every sample with ``dataset.decode`` (reusing cached records of unchanged files); return ``{id: ScanRecord}``.
 
-    Cache: ``<cache>/scan/<hash of root and decode options>.json`` (records keyed by id, size and mtime).
+    Cache: ``<cache>/scan/<hash of root and decode options>.json`` (records keyed by id, size, mtime and ctime;
+    each record holds the file's content hash, which :func:`content_hashes` reuses).
     """
-    from ..paths import default_cache_dir
-
-    cache_path = _cache_file(Path(cache_dir) if cache_dir else default_cache_dir(), dataset)
+    cache_path = _cache_file(cache_dir or dataset.cache_dir, dataset)
     cached = _read_cache(cache_path)
     records: dict[str, ScanRecord] = {}
+    stamps: dict[str, list[int] | None] = {}
     todo: list[Sample] = []
     for s in dataset.samples:
+        stamps[s.id] = stamp = _file_stamp(s)
         entry = cached.get(s.id)
-        if entry and entry["size"] == s.size and entry["mtime_ns"] == s.mtime_ns and s.size >= 0:
+        if entry and entry.get("record") and stamp is not None and _entry_stamp(entry) == stamp:
             records[s.id] = ScanRecord(**entry["record"])
         else:
             todo.append(s)
@@ -190,8 +240,89 @@ def scan_dataset(dataset: Dataset, cache_dir: str | os.PathLike | None = None, w
         for batch in track_units(map_chunks(_scan_chunk, chunks, n_workers), len(todo), "decoding images", unit="images"):
             for rec in batch:
                 records[rec.id] = rec
-        _write_cache(cache_path, dataset, records)
+        for s in todo:
+            cached[s.id] = _entry(stamps[s.id], records[s.id].content, asdict(records[s.id]))
+        _write_cache(cache_path, dataset, cached)
+    for s in dataset.samples:
+        if stamps[s.id] is not None:
+            _DIGESTS[(s.path, s.id)] = (stamps[s.id], records[s.id].content)
     return {s.id: records[s.id] for s in dataset.samples}
+
+
+def content_hashes(dataset: Dataset, cache_dir: str | os.PathLike | None = None) -> dict[str, str | None]:
+    """``{id: content hash}`` for every sample (BLAKE2b-128 hex of the file's bytes, of the row for npz samples;
+    None for a file that is gone).
+
+    Hashes come from this process's earlier calls, else from the scan cache (``cache_dir``, default
+    ``dataset.cache_dir``) when the file still has the size, modification time and change time they were made
+    at; the other files are read and hashed (threads; hashing releases the GIL), and the scan cache is updated.
+    """
+    out: dict[str, str | None] = {}
+    todo: list[tuple[Sample, list[int]]] = []
+    cached: dict | None = None
+    cache_path = _cache_file(cache_dir or dataset.cache_dir, dataset)
+    for s in dataset.samples:
+        stamp = _file_stamp(s)
+        if stamp is None:
+            out[s.id] = None
+            continue
+        known = _DIGESTS.get((s.path, s.id))
+        if known and known[0] == stamp:
+            out[s.id] = known[1]
+            continue
+        if cached is None:
+            cached = _read_cache(cache_path)
+        entry = cached.get(s.id)
+        if entry and entry.get("content") and _entry_stamp(entry) == stamp:
+            out[s.id] = entry["content"]
+            _DIGESTS[(s.path, s.id)] = (stamp, out[s.id])
+        else:
+            todo.append((s, stamp))
+    if todo:
+        from concurrent.futures import ThreadPoolExecutor
+
+        files = [s for s, _ in todo]
+        threads = 1 if len(files) < 64 or any(s.npz_index is not None for s in files) else min(8, default_workers())
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            digests = list(track_units(((d, 1) for d in pool.map(sample_digest, files)), len(files), "hashing images", unit="images",
+                                      enabled=len(files) >= _IN_PROCESS_BELOW))
+        assert cached is not None
+        for (s, stamp), digest in zip(todo, digests):
+            out[s.id] = digest
+            _DIGESTS[(s.path, s.id)] = (stamp, digest)
+            entry = cached.get(s.id)
+            record = entry.get("record") if entry and _entry_stamp(entry) == stamp else None
+            cached[s.id] = _entry(stamp, digest, record)
+        _write_cache(cache_path, dataset, cached)
+    return out
+
+
+def fingerprint(dataset: Dataset) -> str:
+    """``content-sha256:<hex>``: SHA-256 over every sample's id, label, split, group and content hash
+    (:func:`content_hashes`), sorted by id. Modification times and the dataset's location are left out, so a
+    copied dataset keeps its fingerprint; so are groups read from DICOM headers (``group_by``: salted per
+    machine)."""
+    hashes = content_hashes(dataset)
+    h = hashlib.sha256()
+    for s in sorted(dataset.samples, key=lambda s: s.id):
+        group = None if dataset.group_by else s.group
+        h.update(f"{s.id}\t{s.label}\t{s.split}\t{group}\t{hashes[s.id]}\n".encode())
+    return FINGERPRINT_PREFIX + h.hexdigest()
+
+
+def index_fingerprint(dataset: Dataset) -> str:
+    """``sha256:<hex>``, the fingerprint of medcli before content hashes: ids, labels, splits, groups and byte
+    sizes only. Kept to check splits files and runs that recorded it."""
+    h = hashlib.sha256()
+    for s in sorted(dataset.samples, key=lambda s: s.id):
+        group = None if dataset.group_by else s.group
+        h.update(f"{s.id}\t{s.label}\t{s.split}\t{group}\t{s.size}\n".encode())
+    return "sha256:" + h.hexdigest()
+
+
+def _entry(stamp: list[int] | None, content: str | None, record: dict | None) -> dict:
+    size, mtime_ns, ctime_ns = stamp if stamp is not None else (None, None, None)
+    return {"size": size, "mtime_ns": mtime_ns, "ctime_ns": ctime_ns, "content": content, "record": record}
 
 
 def _read_cache(path: Path) -> dict:
@@ -199,24 +330,15 @@ def _read_cache(path: Path) -> dict:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    return data.get("records", {}) if data.get("version") == SCAN_VERSION else {}
+    return data.get("records", {}) if isinstance(data, dict) and data.get("version") == SCAN_VERSION else {}
 
 
-def _write_cache(path: Path, dataset: Dataset, records: dict[str, ScanRecord]) -> None:
-    by_id = dataset.by_id()
-    payload = {
-        "version": SCAN_VERSION,
-        "root": str(dataset.root),
-        "records": {
-            rid: {"size": by_id[rid].size, "mtime_ns": by_id[rid].mtime_ns, "record": asdict(rec)}
-            for rid, rec in records.items()
-            if rid in by_id
-        },
-    }
+def _write_cache(path: Path, dataset: Dataset, entries: dict[str, dict]) -> None:
+    payload = {"version": SCAN_VERSION, "root": str(dataset.root), "records": entries}
     try:
         write_text(path, json.dumps(payload))
     except OSError:
-        pass  # a read-only cache only costs time
+        pass  # a read-only or full cache only costs time
 
 
 def bad_files(dataset: Dataset, records: dict[str, ScanRecord]) -> list[tuple[Sample, str]]:

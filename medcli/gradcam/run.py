@@ -87,7 +87,7 @@ def load_pixels(doc: dict, ids: list[str], cache_dir: str | os.PathLike | None =
     cfg, pre = doc["config"], doc["preprocess"]
     dataset = runs.load_run_dataset({**cfg, "cache_dir": None if cache_dir is None else str(cache_dir)})
     recorded = doc.get("data_fingerprint")
-    if recorded and dataset.fingerprint() != recorded:
+    if recorded and dataset.fingerprint(like=recorded) != recorded:
         raise MedcliError(
             f"the dataset at {cfg['data']} changed since this run was trained (fingerprint differs); "
             "explanations would not show the images the model was scored on"

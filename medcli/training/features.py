@@ -8,13 +8,17 @@ embeddings computed offline. With augmentation on, the trunk sees a different im
 cached.
 
 Files: ``<cache>/features/<key>/features.npy`` (N x F float32, rows in the order of ``meta.json``'s ``ids``)
-and ``meta.json`` (the key, the ids, what the key was made of, how the features were computed). A cache is
-built in a private temporary folder and renamed into place, like the image store, so concurrent jobs are safe;
-within one multi-process run the main process builds it and the others wait, then read it.
+and ``meta.json`` (the key, the ids, what the key was made of, how the features were computed, and the
+BLAKE2b-128 checksum of the features' bytes). A cache is built in a private temporary folder and renamed into
+place, like the image store, so concurrent jobs are safe; within one multi-process run the main process builds
+it and the others wait, then read it. The file is read whole anyway, so the checksum is checked every time it is
+opened (about 1 ms per MiB): a cache whose features changed after it was built, that lost its ``meta.json`` or
+that an older medcli wrote without a checksum is rebuilt, never used. A full cache disk is a one-line error
+naming the cache folder.
 
 The key hashes everything that changes the numbers:
 
-* the image-store key: every file's id, path, size and mtime; image size, channels, resize mode, interpolation;
+* the image-store key: every file's id, path and content hash; image size, channels, resize mode, interpolation;
 * the ids whose features are stored (train + val of every fold of the splits file);
 * the backbone name and a hash of the trunk's tensors as loaded: the weights' content wherever it came from
   (ImageNet or a file, whatever its name), after the 1-channel filter sum and ViT position-embedding resizing;
@@ -42,6 +46,7 @@ import torch
 
 from .. import paths
 from .._io import publish_dir, write_json
+from ..data._cachedir import NO_SPACE, check_space, discard, no_space, private_dir
 from ..errors import MedcliError
 from ..preprocess import to_model_input
 
@@ -183,11 +188,12 @@ def fold_features(cfg, fold, model, mean, std, norm, accelerator, precision: str
     final = Path(paths.features_dir(cfg.cache_dir or paths.default_cache_dir(), key))
     built, seconds = False, 0.0
     with accelerator.main_process_first():
-        if not (final / "meta.json").exists():
+        loaded = _open_or_discard(final) if accelerator.is_main_process else None
+        if loaded is None and accelerator.is_main_process:
             t0 = time.perf_counter()
             _build(final, parts, model, fold.store, ids, norm, accelerator, cfg)
             built, seconds = True, time.perf_counter() - t0
-        meta, features = open_features(final)
+        meta, features = loaded or open_features(final)
     row = {sid: i for i, sid in enumerate(meta["ids"])}
     try:
         train_rows = torch.tensor([row[i] for i in fold.train.ids], dtype=torch.long)
@@ -208,16 +214,56 @@ def fold_features(cfg, fold, model, mean, std, norm, accelerator, precision: str
 
 
 def open_features(path: str | os.PathLike) -> tuple[dict, torch.Tensor]:
-    """``(meta, features)`` of a feature cache folder."""
+    """``(meta, features)`` of a feature cache folder, after checking the features against their checksum.
+
+    Raises:
+        MedcliError: the folder is incomplete, unreadable, of another format, or its features changed since it
+            was built (saying to delete it; :func:`fold_features` rebuilds it itself).
+    """
     path = Path(path)
+    problem, meta, features = _read(path)
+    if problem is not None:
+        raise MedcliError(f"{path}: feature cache unusable ({problem}); delete the folder to rebuild it")
+    return meta, features
+
+
+def _read(path: Path) -> tuple[str | None, dict, torch.Tensor | None]:
+    """``(problem, meta, features)``: problem is None for a complete, unchanged cache."""
     try:
         meta = json.loads((path / "meta.json").read_text())
-        features = torch.from_numpy(np.load(path / "features.npy"))
+    except FileNotFoundError:
+        return ("does not exist" if not path.exists() else "incomplete: no meta.json"), {}, None
     except (OSError, ValueError) as exc:
-        raise MedcliError(f"{path}: feature cache unreadable ({exc}); delete the folder to rebuild it") from None
-    if meta.get("format") != FEATURES_FORMAT or features.shape[0] != len(meta.get("ids", ())):
-        raise MedcliError(f"{path}: not a {FEATURES_FORMAT} feature cache; delete the folder to rebuild it")
-    return meta, features
+        return f"unreadable meta.json ({exc})", {}, None
+    if not isinstance(meta, dict) or meta.get("format") != FEATURES_FORMAT:
+        return f"not a {FEATURES_FORMAT} feature cache", {}, None
+    if not meta.get("checksum"):
+        return "written by an older medcli without a checksum", meta, None
+    try:
+        array = np.load(path / "features.npy")
+    except (OSError, ValueError) as exc:
+        return f"features.npy unreadable ({exc})", meta, None
+    if array.ndim != 2 or array.shape[0] != len(meta.get("ids", ())):
+        return f"features.npy has shape {array.shape} for {len(meta.get('ids', ()))} images", meta, None
+    if _checksum(array) != meta["checksum"]:
+        return "features.npy changed after the cache was built (checksum differs)", meta, None
+    return None, meta, torch.from_numpy(array)
+
+
+def _open_or_discard(final: Path) -> tuple[dict, torch.Tensor] | None:
+    """The cache at ``final`` when it is complete and unchanged; None when there is none or it was damaged
+    (then it is moved out of the way, with a warning saying why, so it is rebuilt)."""
+    problem, meta, features = _read(final)
+    if problem is None:
+        return meta, features
+    if final.exists():
+        log.warning("feature cache %s: %s; rebuilding it", final, problem)
+        discard(final)
+    return None
+
+
+def _checksum(array: np.ndarray) -> str:
+    return "blake2b-128:" + hashlib.blake2b(np.ascontiguousarray(array).data, digest_size=16).hexdigest()
 
 
 def _build(final: Path, parts: dict, model, store, ids: list[str], norm, accelerator, cfg) -> None:
@@ -228,19 +274,24 @@ def _build(final: Path, parts: dict, model, store, ids: list[str], norm, acceler
     features = extract_features(model, store.images, rows, norm, accelerator, batch_size=extraction_batch(cfg.batch_size, cfg.img_size),
                                 channels_last=bool(cfg.channels_last), progress=cfg.progress)
     seconds = time.perf_counter() - t0
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    array = features.numpy()
+    tmp = private_dir(final)
+    cache_root = final.parent.parent
+    what = f"the {array.nbytes / 2**20:.1f} MiB feature cache"
     try:
-        np.save(tmp / "features.npy", features.numpy())
+        check_space(cache_root, array.nbytes, what)
+        np.save(tmp / "features.npy", array)
         meta = {
             "format": FEATURES_FORMAT, "key": final.name, "key_parts": parts, "weights": cfg.weights,
             "img_size": cfg.img_size, "feature_dim": int(features.shape[1]), "device": str(accelerator.device),
             "channels_last": bool(cfg.channels_last), "seconds": round(seconds, 3), "torch": torch.__version__,
-            "ids": ids,
+            "checksum": _checksum(array), "ids": ids,
         }
         write_json(tmp / "meta.json", meta)  # written last: its presence means the folder is complete
         publish_dir(tmp, final, "meta.json")  # a concurrent builder that won the race keeps its folder
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise no_space(cache_root, what, exc, need=array.nbytes) from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -103,12 +103,13 @@ def load_fold(cfg: TrainConfig, accelerator) -> Fold:
             raise MedcliError(f"--splits {cfg.splits}: file not found; make it with `medcli split`")
         with accelerator.main_process_first():
             if accelerator.is_main_process and not os.path.exists(splits_path):
+                # exclusive: when runs started together (other seeds, folds, backbones) each make the splits, the
+                # first file published is the one every run trains on; later ones are not written
                 log.info("no splits given: making them as `medcli split --folds 0` would (the dataset's own train/val split, or a stratified holdout)")
                 split_data(cfg.data, splits_path, layout=cfg.layout, aliases=cfg.aliases, folds=0, seed=cfg.seed,
                            skip_bad=cfg.skip_bad, cache_dir=cfg.cache_dir, workers=cfg.workers,
                            allow_missing_classes=cfg.allow_missing_classes, decode=dataset.decode, group_by=cfg.group_by,
-                           advice=Advice(train=True, data=str(cfg.data), out=str(splits_path)))
-                log.info("splits written to %s", splits_path)  # only once they are: split_data raises before writing
+                           advice=Advice(train=True, data=str(cfg.data), out=str(splits_path)), exclusive=True)
     doc = load_splits(splits_path, dataset)
     if not 0 <= cfg.fold < len(doc["folds"]):
         raise MedcliError(f"--fold {cfg.fold}: {splits_path} has folds 0..{len(doc['folds']) - 1}")
