@@ -22,7 +22,8 @@ import shutil
 import socket
 from pathlib import Path
 
-from ..errors import MedcliError
+from .._cleanup import pid_alive
+from ..errors import MedcliError, free_bytes, human_bytes
 
 log = logging.getLogger("medcli")
 
@@ -58,25 +59,13 @@ def remove_stale(parent: Path) -> list[Path]:
     here = _host()
     for entry in entries:
         m = _PRIVATE.match(entry.name)
-        if not m or (m["host"] is not None and m["host"] != here) or _alive(int(m["pid"])):
+        if not m or (m["host"] is not None and m["host"] != here) or pid_alive(int(m["pid"])):
             continue
         shutil.rmtree(entry.path, ignore_errors=True)
         if not os.path.exists(entry.path):
             removed.append(Path(entry.path))
             log.info("removed %s, left behind by a process that no longer runs", entry.path)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
 
 
 def stamp(path: Path) -> dict:
@@ -116,11 +105,8 @@ def discard(final: Path) -> None:
 def no_space(cache_root: Path, what: str, exc: OSError | None = None, need: int | None = None) -> MedcliError:
     """The one-line error for a cache disk without room: names the cache folder, what was being written, and
     the fixes."""
-    try:
-        free = shutil.disk_usage(cache_root).free
-        room = f" ({_size(need)} needed, {_size(free)} free)" if need is not None else f" ({_size(free)} free)"
-    except OSError:
-        room = ""
+    free = free_bytes(cache_root)
+    room = "" if free is None else (f" ({human_bytes(need)} needed, {human_bytes(free)} free)" if need is not None else f" ({human_bytes(free)} free)")
     cause = f": {exc.strerror}" if exc is not None and exc.strerror else ""
     return MedcliError(
         f"{cache_root}: no space left in the cache folder for {what}{room}{cause}; free space there, or choose "
@@ -131,11 +117,8 @@ def no_space(cache_root: Path, what: str, exc: OSError | None = None, need: int 
 def check_space(cache_root: Path, need: int, what: str) -> None:
     """Raise :func:`no_space`'s error when the disk holding ``cache_root`` has less than ``need`` bytes (plus
     1 MiB for the small files beside them) free."""
-    try:
-        free = shutil.disk_usage(cache_root).free
-    except OSError:
-        return
-    if free < need + (1 << 20):
+    free = free_bytes(cache_root)
+    if free is not None and free < need + (1 << 20):
         raise no_space(cache_root, what, need=need)
 
 
@@ -154,12 +137,3 @@ def reserve(path: Path, nbytes: int) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _size(n: int) -> str:
-    if n < 1024:
-        return f"{n} B"
-    for unit in ("KiB", "MiB", "GiB"):
-        n /= 1024
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}"
