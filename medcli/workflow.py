@@ -52,6 +52,244 @@ def load_config(path: str | os.PathLike) -> dict:
         raise MedcliError(f"{path}: not valid YAML ({exc})") from None
 
 
+#: The workflow config's JSON schema (``workflow/schemas/config.schema.yaml`` of the repository medcli runs from).
+CONFIG_SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+#: At most this many problems of a config are listed (the rest are counted).
+MAX_PROBLEMS = 5
+
+
+def check_config(config: dict, schema: str | os.PathLike | dict = CONFIG_SCHEMA, *, check_inputs: bool = True) -> dict:
+    """The workflow config with every optional section filled in, or one :class:`MedcliError` listing its problems.
+
+    Checks, in order, each step only when the one before found nothing: the training settings
+    (:func:`check_settings`), the JSON schema (unknown keys, types, bounds, choices; each problem one line
+    ``config: <key path>: <what is wrong> (allowed: ...)``), the names of strategies, heads, configurations
+    (ensemble members, ``report.reference``) and, with ``check_inputs``, of backbones, ensemble and CAM methods
+    against medcli's registries, and that each dataset ``path`` exists and holds images (a folder with at least one
+    image or DICOM file, or a ``.csv`` / ``.npz`` file). ``check_inputs=False`` leaves out what the workflow's
+    main process has checked already (jobs parse the workflow again) and what may need the network (Hub names).
+
+    Defaults come from the schema (``default:``): ``resources`` (1 thread, 4000 MB, 30 minutes per stage),
+    ``eval``, ``report``, the dataset keys and the folders. ``config`` itself is not modified. The error's
+    message has one line per problem (at most :data:`MAX_PROBLEMS`, then a count of the others).
+    """
+    import copy
+
+    checked = copy.deepcopy(config)
+    check_settings(checked)
+    steps = [lambda: _schema_problems(checked, schema), lambda: _name_problems(checked, check_inputs)]
+    if check_inputs:
+        steps.append(lambda: _dataset_problems(checked))
+    for step in steps:
+        problems = step()
+        if problems:
+            more = len(problems) - MAX_PROBLEMS
+            raise MedcliError("\n".join(problems[:MAX_PROBLEMS] + ([f"config: and {more} more problem(s)"] if more > 0 else [])))
+    return checked
+
+
+def _schema_validator(schema: dict):
+    """A JSON-schema validator that fills in each missing property's ``default`` before checking the object."""
+    import copy
+
+    from jsonschema import Draft202012Validator, validators
+
+    check_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def properties_with_defaults(validator, properties, instance, where):
+        if validator.is_type(instance, "object"):
+            for name, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from check_properties(validator, properties, instance, where)
+
+    return validators.extend(Draft202012Validator, {"properties": properties_with_defaults})(schema)
+
+
+def _schema_problems(config: dict, schema: str | os.PathLike | dict) -> list[str]:
+    import yaml
+
+    if not isinstance(schema, dict):
+        schema = yaml.safe_load(Path(schema).read_text())
+    if not isinstance(config, dict):
+        return [f"config: the top level must be a mapping of keys (datasets, backbones, ...), not {type(config).__name__}"]
+    errors = sorted(_schema_validator(schema).iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
+    problems = []
+    for error in errors:
+        for line in _describe_schema_error(error):
+            if line not in problems:
+                problems.append(line)
+    return problems
+
+
+def _key(path) -> str:
+    """``datasets.demo.folds``, ``ensembles.all.methods[0]``."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe_schema_error(error) -> list[str]:
+    """One line per problem of a jsonschema ``ValidationError``: the key path, what is wrong, what is allowed."""
+    import difflib
+
+    path, kind, value, schema = list(error.absolute_path), error.validator, error.instance, error.schema
+    described = f" ({schema['description']})" if isinstance(schema, dict) and schema.get("description") else ""
+    if "propertyNames" in error.schema_path:  # the key itself is wrong: the instance is the key
+        allowed = f"allowed: {', '.join(map(str, error.validator_value))}" if kind == "enum" else f"names must match {error.validator_value}"
+        close = difflib.get_close_matches(str(value), [str(v) for v in error.validator_value], n=1) if kind == "enum" else []
+        hint = f"; did you mean {close[0]}?" if close else ""
+        return [f"config: {_key(path + [value])}: unknown name{hint} ({allowed})"]
+    if kind == "additionalProperties":
+        known = sorted((schema.get("properties") or {}))
+        lines = []
+        for name in sorted(set(value) - set(known), key=str):
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            lines.append(f"config: {_key(path + [name])}: unknown key{hint} (allowed: {', '.join(known) or 'none'})")
+        return lines
+    if kind == "required":
+        missing = [name for name in error.validator_value if name not in value]
+        return [f"config: {_key(path + [name])}: missing; this key is required" for name in missing]
+    if kind == "enum":
+        return [f"config: {_key(path)}: {_show(value)} is not allowed (allowed: {', '.join(map(str, error.validator_value))})"]
+    if kind == "const":
+        return [f"config: {_key(path)}: {_show(value)} is not allowed (allowed: {error.validator_value!r})"]
+    if kind == "type":
+        wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        names = {"integer": "a whole number", "number": "a number", "string": "a text", "boolean": "true or false",
+                 "object": "a mapping of keys", "array": "a list", "null": "null"}
+        return [f"config: {_key(path)}: {_show(value)} is not {' or '.join(names.get(w, w) for w in wanted)}"]
+    if kind == "oneOf" and all(isinstance(s, dict) and set(s) == {"required"} for s in error.validator_value):
+        names = [name for s in error.validator_value for name in s["required"]]
+        given = [name for name in names if name in value]
+        what = f"gives {' and '.join(given)}; keep one of them" if given else f"needs one of {' or '.join(names)}"
+        return [f"config: {_key(path)}: {what}{described}"]
+    if kind in ("oneOf", "anyOf", "not"):
+        return [f"config: {_key(path)}: {_show(value)} is not allowed{described.replace(' (', ' (allowed: ', 1)}"]
+    if kind in ("minProperties", "minItems"):
+        return [f"config: {_key(path)}: give at least {error.validator_value} {'entries' if kind == 'minProperties' else 'items'}"]
+    return [f"config: {_key(path)}: {error.message.splitlines()[0][:200]}"]
+
+
+def _mapping(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _train_scopes(config: dict):
+    """``(config key, {setting: value})`` of every ``train:``-like section of a config (sections of the wrong type
+    are left out: the schema reports them)."""
+    yield "train", config.get("train")
+    for name, spec in _mapping(config.get("datasets")).items():
+        yield f"datasets.{name}.train", _mapping(spec).get("train")
+    for group in ("backbones", "strategies"):
+        for name, spec in _mapping(config.get(group)).items():
+            yield f"{group}.{name}", spec
+    yield "pretrain.train", _mapping(config.get("pretrain")).get("train")
+
+
+def _name_problems(config: dict, check_inputs: bool) -> list[str]:
+    """Names a schema cannot know: registered strategies, heads, backbones, ensemble and CAM methods; configurations."""
+    from .models.heads import list_heads
+    from .strategies import list_strategies
+
+    problems = []
+    strategies = list_strategies()
+    for name in config["strategies"]:
+        if name not in strategies:
+            problems.append(f"config: strategies.{name}: unknown strategy (allowed: {', '.join(strategies)})")
+    heads = list_heads()
+    for where, scope in _train_scopes(config):
+        if isinstance(scope, dict) and scope.get("head") is not None and scope["head"] not in heads:
+            problems.append(f"config: {where}.head: unknown head {_show(scope['head'])} (allowed: {', '.join(heads)})")
+    configurations = {paths.run_name(b, s) for b in config["backbones"] for s in config["strategies"]}
+    wanted = [(f"ensembles.{name}.members", spec.get("members")) for name, spec in (config.get("ensembles") or {}).items()]
+    wanted.append(("gradcam.configurations", (config.get("gradcam") or {}).get("configurations")))
+    wanted.append(("report.reference", [config["report"]["reference"]] if config.get("report", {}).get("reference") else None))
+    for where, names in wanted:
+        unknown = [n for n in names or () if names != "all" and n not in configurations]
+        if unknown:
+            problems.append(f"config: {where}: {', '.join(unknown)} not in this grid (allowed: {', '.join(sorted(configurations))})")
+    if not check_inputs:
+        return problems
+    from .models import get_backbone
+
+    for name in config["backbones"]:
+        try:
+            get_backbone(name)
+        except MedcliError as exc:
+            problems.append(f"config: backbones.{name}: {exc}")
+    from .ensemble import list_methods as ensemble_methods
+    from .gradcam import list_methods as cam_methods
+
+    methods = ensemble_methods()
+    for name, spec in (config.get("ensembles") or {}).items():
+        for method in spec.get("methods") or ():
+            if method not in methods:
+                problems.append(f"config: ensembles.{name}.methods: unknown method {method!r} (allowed: {', '.join(methods)})")
+    cam = (config.get("gradcam") or {}).get("method")
+    if cam is not None and cam not in cam_methods():
+        problems.append(f"config: gradcam.method: unknown method {cam!r} (allowed: {', '.join(cam_methods())})")
+    return problems
+
+
+#: Files seen at most when looking for a dataset's first image (a folder this big without images is left to the jobs).
+_IMAGE_SEARCH_LIMIT = 100_000
+
+
+def _dataset_problems(config: dict) -> list[str]:
+    """Each dataset ``path``: it exists and holds images (cheap: the first image file found is enough)."""
+    problems = []
+    for name, spec in config["datasets"].items():
+        if spec.get("synth") or spec.get("path") is None:
+            continue
+        problem = dataset_path_problem(spec["path"], spec.get("layout", "auto"))
+        if problem:
+            problems.append(f"config: datasets.{name}.path: {problem}")
+    return problems
+
+
+def dataset_path_problem(path: str | os.PathLike, layout: str = "auto") -> str | None:
+    """What makes ``path`` no dataset (None when it looks like one): missing, a file that is not a ``.csv`` manifest
+    or ``.npz`` archive, or a folder without any image or DICOM file (by extension, or by content for files without
+    a known extension). Cheap: stops at the first image. Relative paths are relative to the current folder."""
+    from .data.decode import sniff_format
+    from .data.layouts import IMAGE_EXTENSIONS, NON_IMAGE_EXTENSIONS, NON_IMAGE_NAMES
+
+    path = Path(path)
+    where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+    if not path.exists():
+        return f"{path} does not exist{where}; give the dataset's folder, .csv manifest or .npz archive"
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix not in (".csv", ".npz") or (layout not in ("auto", suffix[1:])):
+            return f"{path} is a file; a dataset file must be a .csv manifest or a .npz archive (layout {layout})"
+        return None
+    if layout in ("csv", "npz"):
+        return f"{path} is a folder; layout {layout} needs the .{layout} file itself"
+    seen = 0
+    for folder, dirs, files in os.walk(path, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for file in files:
+            seen += 1
+            suffix = Path(file).suffix.lower()
+            if suffix in IMAGE_EXTENSIONS:
+                return None
+            if suffix not in NON_IMAGE_EXTENSIONS and file.lower() not in NON_IMAGE_NAMES and not file.startswith("."):
+                if sniff_format(Path(folder, file)) is not None:
+                    return None
+            if seen >= _IMAGE_SEARCH_LIMIT:
+                return None
+    return (f"{path}{where} holds no images (no image or DICOM file in it or its subfolders); "
+            "point it at the dataset's folder (class folders, or train/val/test folders of class folders)")
+
+
 def folds_of(config: dict, dataset: str) -> list[int]:
     k = int(config["datasets"][dataset].get("folds", 5))
     return list(range(max(k, 1)))
@@ -68,23 +306,16 @@ def check_settings(config: dict) -> None:
     """
     from .training.config import check_keys, check_value, kind_of
 
-    def scopes():
-        yield "train", config.get("train")
-        for name, spec in (config.get("datasets") or {}).items():
-            yield f"datasets.{name}.train", (spec or {}).get("train")
-        for group in ("backbones", "strategies"):
-            for name, spec in (config.get(group) or {}).items():
-                yield f"{group}.{name}", spec
-        yield "pretrain.train", (config.get("pretrain") or {}).get("train")
-
-    for where, scope in scopes():
+    if not isinstance(config, dict):
+        return  # the schema says what is wrong
+    for where, scope in _train_scopes(config):
         if not isinstance(scope, dict):
             continue
         check_keys({k: v for k, v in scope.items() if k != "weights"}, f"config key {where}: ")
         for key, value in scope.items():
             if key != "weights" and isinstance(value, str) and kind_of(key) == "float":
                 scope[key] = check_value(key, value, f"config key {where}.{key}")
-    for name, spec in (config.get("datasets") or {}).items():
+    for name, spec in _mapping(config.get("datasets")).items():
         for key in DATASET_READING:
             if isinstance(spec, dict) and spec.get(key) is not None:
                 check_value(key, spec[key], f"config key datasets.{name}.{key}")
@@ -430,3 +661,93 @@ def describe(config: dict, grid: Grid) -> str:
         "skipped": grid.skipped,
         "pretraining": config.get("pretrain"),
     }, sort_keys=True, default=str)
+
+
+# --- the lock of a killed snakemake -------------------------------------------------------------------------------
+# Snakemake locks the folder it runs in with files `.snakemake/locks/<n>.input.lock` / `<n>.output.lock` that name
+# no process, so after a `kill -9` (or a lost login session) the next run stops with a LockException until
+# `snakemake --unlock`. The workflow's `onstart` hook notes which process holds which lock files; the next run
+# removes them when that process is gone (on this machine), and only then.
+
+#: Snakemake's lock folder, relative to the folder snakemake runs in (Snakemake's layout, not medcli's).
+SNAKEMAKE_LOCKS = Path(".snakemake") / "locks"
+_OWNER_PREFIX = "medcli-owner-"
+
+
+def _process_started(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.AccessDenied:
+        return -1.0  # alive, start unknown
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def note_lock_owner(lock_files, locks: str | os.PathLike = SNAKEMAKE_LOCKS) -> Path | None:
+    """Record that this process holds ``lock_files`` (the lock files Snakemake just wrote for it): host, pid and
+    the process's start time, in ``<locks>/medcli-owner-<host>-<pid>.json``. Called from the workflow's ``onstart``
+    hook (main process, lock held). Nothing is written without lock files. Snakemake deletes the folder, and so the
+    note, when it unlocks. Returns the note's path."""
+    from ._io import write_json
+
+    names = sorted(Path(f).name for f in lock_files)
+    if not names:
+        return None
+    pid = os.getpid()
+    note = Path(locks, f"{_OWNER_PREFIX}{_host()}-{pid}.json")
+    write_json(note, {"host": _host(), "pid": pid, "started": _process_started(pid), "locks": names})
+    return note
+
+
+def clear_stale_lock(locks: str | os.PathLike = SNAKEMAKE_LOCKS) -> str | None:
+    """Remove the lock files left by a snakemake that no longer runs; returns a one-line report, or None.
+
+    Removed only when every lock file in ``locks`` is claimed by a note of :func:`note_lock_owner` whose process,
+    on this machine, is gone (no process with that pid, or one started at another time: the pid was reused). Any
+    unclaimed lock file, a note from another machine, an unreadable note or a live owner leaves everything as it
+    is (Snakemake then refuses with its own message, which names ``--unlock``).
+    """
+    import json
+    import re
+
+    locks = Path(locks)
+    if not locks.is_dir():
+        return None
+    held = {p.name for p in locks.iterdir() if re.fullmatch(r"\d+\.(input|output)\.lock", p.name)}
+    if not held:
+        return None
+    notes = sorted(locks.glob(f"{_OWNER_PREFIX}*.json"))
+    claimed, owners = set(), []
+    for note in notes:
+        try:
+            owner = json.loads(note.read_text())
+            host, pid, started, names = owner["host"], int(owner["pid"]), owner["started"], owner["locks"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if host != _host():
+            return None
+        now = _process_started(pid)
+        if now is not None and (started is None or now < 0 or abs(now - float(started)) < 1.0):
+            return None  # still running
+        claimed.update(names)
+        owners.append(owner)
+    if not held <= claimed:
+        return None
+    for name in held:
+        (locks / name).unlink(missing_ok=True)
+    for note in notes:
+        note.unlink(missing_ok=True)
+    import time
+
+    who = ", ".join(f"pid {o['pid']} started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(float(o['started'] or 0)))}"
+                    for o in owners)
+    return (f"removed the lock left by a snakemake that no longer runs ({who}); its unfinished jobs run again "
+            f"(jobs it started may still run: see the README, \"When something goes wrong\")")

@@ -2,20 +2,48 @@
 
 import os
 import shlex
-
-from snakemake.utils import validate
+import sys
 
 from medcli import paths
 from medcli import workflow as grid_lib
+from medcli.errors import MedcliError
 
-grid_lib.check_settings(config)  # training settings first: one-line errors naming the key, numbers written 1e-3 accepted
-validate(config, schema="../schemas/config.schema.yaml")
+
+def config_error(exc):
+    """A config problem, found before any job runs: one `error:` line per problem on stderr, exit 1 (Snakemake
+    would add the file, the line and a traceback)."""
+    for line in str(exc).splitlines():
+        print(f"error: {line}", file=sys.stderr)
+    sys.exit(1)
+
+
+# A snakemake killed with `kill -9` leaves its lock behind: removed here when its owner (noted by the onstart
+# hook below) is gone. Jobs (other exec modes) never lock.
+if workflow.is_main_process:
+    STALE_LOCK = grid_lib.clear_stale_lock()
+    if STALE_LOCK:
+        logger.warning(STALE_LOCK)
+
+
+onstart:
+    grid_lib.note_lock_owner(getattr(workflow.persistence, "_lockfile", {}).values())
+
+
+# Every config problem before the DAG: schema (with defaults filled in), registry names and, in the main process,
+# the datasets' paths. Jobs parse the workflow again and skip what the main process checked.
+try:
+    config.update(grid_lib.check_config(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"),
+                                        check_inputs=workflow.is_main_process))
+    GRID = grid_lib.expand_grid(config)
+    BATCHES = grid_lib.plan_batches(GRID, grid_lib.cells_per_job(config))
+    GRADCAM_CELLS = grid_lib.gradcam_cells(config, GRID)
+except MedcliError as exc:
+    config_error(exc)
 
 RESULTS = config["results"]
 WORK = config["work"]
 LOGS = config["logs"]
 CACHE = config["cache"]
-GRID = grid_lib.expand_grid(config)
 RERUN = grid_lib.rerun_token(config)
 # Training jobs inherit `track:` as medcli's MEDCLI_TRACK/MEDCLI_TRACK_DIR (every job's snakemake, on a cluster too,
 # parses this file), not through their settings: switching tracking on or off must not retrain anything.
@@ -165,13 +193,12 @@ def all_gradcam():
     split = (grid_lib.gradcam_settings(config) or {}).get("split", "test")
     return [
         paths.gradcam_index_file(cell_run_dir(c), split)
-        for c in grid_lib.gradcam_cells(config, GRID)
+        for c in GRADCAM_CELLS
     ]
 
 
 ##### batches of grid cells (rules/train.smk, rules/eval.smk) #####
 
-BATCHES = grid_lib.plan_batches(GRID, grid_lib.cells_per_job(config))
 CELLS_AT_ONCE = grid_lib.cells_per_gpu(config)
 
 
