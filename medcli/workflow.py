@@ -410,7 +410,7 @@ def tracking_env(config: dict, logs: str) -> dict[str, str]:
     from .training.tracking import check_available
 
     track = config.get("track", "tensorboard")
-    check_available(track, "config key track:")
+    check_available(track, "config: track:", "track: none")
     folder = paths.DEFAULT_MLFLOW_STORE if track == "mlflow" else paths.tensorboard_dir(logs)
     return {"MEDCLI_TRACK": track, "MEDCLI_TRACK_DIR": folder}
 

@@ -129,7 +129,7 @@ def test_a_missing_tracker_package_is_one_line_before_any_work(data, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == ["error: --track mlflow: the mlflow package is not installed; pip install 'medcli[mlflow]' "
-                                                "(or choose --track none)"]
+                                                "(or --track none)"]
     assert not (tmp_path / "results").exists()
 
 
@@ -160,3 +160,14 @@ def test_the_workflow_schema_offers_every_registered_tracker():
 
     schema = yaml.safe_load((Path(__file__).parents[1] / "workflow" / "schemas" / "config.schema.yaml").read_text())
     assert set(schema["properties"]["track"]["enum"]) == set(tracking.tracker_names())
+
+
+def test_the_workflow_refuses_a_tracker_whose_package_is_missing_before_any_job(monkeypatch):
+    from medcli import workflow as wf
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    with pytest.raises(MedcliError) as err:
+        wf.tracking_env({"track": "mlflow"}, "logs")
+    assert str(err.value) == "config: track: mlflow: the mlflow package is not installed; pip install 'medcli[mlflow]' (or track: none)"
+    assert wf.tracking_env({}, "L") == {"MEDCLI_TRACK": "tensorboard", "MEDCLI_TRACK_DIR": "L/tensorboard"}

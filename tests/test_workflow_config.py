@@ -99,7 +99,7 @@ def test_schema_problems_are_one_line_each_naming_the_key_and_what_is_allowed(ex
     lines = _problems(experiment)
     assert lines == [
         "config: colour: unknown key (allowed: backbones, cache, datasets, ensembles, eval, gradcam, logs, pretrain, "
-        "report, rerun_token, resources, results, retries, seeds, strategies, train, weights, work)",
+        "report, rerun_token, resources, results, retries, seeds, strategies, track, train, weights, work)",
         "config: datasets.xray.folds: 1 is not allowed (allowed: 0 (the dataset's own train/val split) or 2 and more "
         "cross-validation folds)",
         "config: eval.figures: 'some' is not allowed (allowed: first, all, none)",

@@ -91,15 +91,14 @@ def tags(cfg) -> dict[str, str]:
             "fold": str(cfg.fold), "recipe": cfg.recipe}
 
 
-def check_available(name: str, option: str = "--track") -> None:
+def check_available(name: str, option: str = "--track", off: str = "--track none") -> None:
     """Raise :class:`MedcliError` (one line naming what to install) when tracker ``name``'s package is
     missing; ``none`` always passes; an unknown name lists the known ones."""
     if name == NONE:
         return
     tracker = _TRACKERS.get(name)
     if importlib.util.find_spec(tracker.module) is None:
-        raise MedcliError(f"{option} {name}: the {tracker.module} package is not installed; pip install {tracker.install} "
-                          f"(or choose {option} none)")
+        raise MedcliError(f"{option} {name}: the {tracker.module} package is not installed; pip install {tracker.install} (or {off})")
 
 
 def track_dir(cfg) -> str:

@@ -37,6 +37,9 @@ try:
     GRID = grid_lib.expand_grid(config)
     BATCHES = grid_lib.plan_batches(GRID, grid_lib.cells_per_job(config))
     GRADCAM_CELLS = grid_lib.gradcam_cells(config, GRID)
+    # Training jobs inherit `track:` as medcli's MEDCLI_TRACK/MEDCLI_TRACK_DIR (every job's snakemake, on a cluster
+    # too, parses this file), not through their settings: switching tracking on or off must not retrain anything.
+    os.environ.update(grid_lib.tracking_env(config, config["logs"]))
 except MedcliError as exc:
     config_error(exc)
 
@@ -45,9 +48,6 @@ WORK = config["work"]
 LOGS = config["logs"]
 CACHE = config["cache"]
 RERUN = grid_lib.rerun_token(config)
-# Training jobs inherit `track:` as medcli's MEDCLI_TRACK/MEDCLI_TRACK_DIR (every job's snakemake, on a cluster too,
-# parses this file), not through their settings: switching tracking on or off must not retrain anything.
-os.environ.update(grid_lib.tracking_env(config, LOGS))
 SUMMARY = paths.summary_file(RESULTS)
 RUN = paths.run_dir(RESULTS, "{dataset}", "{backbone}", "{strategy}", "{seed}", "{fold}")
 RUN_NAME = paths.run_key("{backbone}", "{strategy}", "{seed}", "{fold}")
