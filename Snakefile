@@ -24,6 +24,7 @@ report: "workflow/report/workflow.rst"
 
 ##### setup: config validation, the grid, path helpers #####
 include: "workflow/rules/common.smk"
+include: "workflow/rules/report_figures.smk"
 ##### stages #####
 include: "workflow/rules/data.smk"
 include: "workflow/rules/weights.smk"

@@ -1,6 +1,8 @@
 # Evaluation: predictions, metrics with bootstrap CIs, calibration and figures for the validation fold and
 # the test set of every trained model. One job per training batch (rules/train.smk), evaluating its cells'
 # runs in one process (`medcli eval RUN...`), so evaluation does not flood a cluster with one job per cell either.
+# The figures of the runs that draw them (config eval.figures) are outputs too, shown in `snakemake --report`:
+# category dataset, subcategory configuration, one row per figure (rules/report_figures.smk).
 
 
 for batch in BATCHES:
@@ -12,6 +14,7 @@ for batch in BATCHES:
             [f for cell in batch.cells for f in train_outputs(cell)],
         output:
             [f for cell in batch.cells for f in eval_outputs(cell)],
+            eval_report_figures(batch),
         params:
             runs=[cell_run_dir(c) for c in batch.cells],
             args=eval_args(),

@@ -1,7 +1,9 @@
 # Grad-CAM galleries with a faithfulness score for the runs chosen in config: gradcam.
+# A checkpoint: which galleries exist (one per true class present in the split) is known from its index.json
+# once it has run, and the report rule lists them for `snakemake --report` (report.smk, gradcam_galleries).
 
 
-rule gradcam:
+checkpoint gradcam:
     input:
         model=paths.model_file(RUN),
         predictions=paths.predictions_file(RUN, "{split}"),

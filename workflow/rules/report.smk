@@ -1,4 +1,6 @@
 # The comparison: results/summary.md (+ .csv, .json, figures) over every run of the grid.
+# `snakemake --report results/report.html` shows the summary, its figures and, per dataset and configuration,
+# the evaluation figures and the Grad-CAM galleries (rules/report_figures.smk); captions in workflow/report/.
 
 
 rule experiment:
@@ -22,10 +24,16 @@ rule report:
         metrics=all_runs(lambda run: paths.metrics_file(run, "test")),
         ensembles=all_ensembles(),
         gradcam=all_gradcam(),
+        galleries=gradcam_galleries,
     output:
-        md=report(SUMMARY, category="Summary"),
+        md=report(SUMMARY, caption="../report/summary.rst", category="Summary", subcategory="all datasets",
+                  labels={"figure": "summary.md: the comparison tables"}),
         csv=paths.summary_file(RESULTS, "csv"),
         json=paths.summary_file(RESULTS, "json"),
+        # the figures medcli report draws (which ones depends on the data), so a folder; created when empty
+        figures=report(directory(paths.summary_figures_dir(RESULTS)), patterns=["{figure}.png"],
+                       caption="../report/summary_figure.rst", category="Summary",
+                       subcategory=summary_figure_dataset, labels=summary_figure_labels),
     params:
         results=lambda wc, output: os.path.dirname(output.md),
     log:
@@ -33,4 +41,4 @@ rule report:
     conda:
         "../envs/medcli.yaml"
     shell:
-        "medcli report {params.results:q} --out {output.md:q} > {log:q} 2>&1"
+        "medcli report {params.results:q} --out {output.md:q} > {log:q} 2>&1 && mkdir -p {output.figures:q}"
