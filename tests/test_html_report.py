@@ -63,7 +63,7 @@ def test_the_report_lists_every_figure_by_dataset_and_configuration_with_caption
     assert len(galleries) == 2  # one per true class of the tiny dataset
     summary_figures = [paths.summary_figure_file("results", "tiny", kind) for kind in paths.SUMMARY_FIGURES]
     assert categories == {
-        "Summary": {"all datasets": [paths.summary_file("results")], "tiny": sorted(summary_figures, key=os.path.basename)},
+        "Summary": {"all datasets": [paths.summary_file("results", "html")], "tiny": sorted(summary_figures, key=os.path.basename)},
         "tiny": {CONFIG: sorted(run_figures + galleries, key=os.path.basename)},
     }
 

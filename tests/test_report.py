@@ -451,3 +451,8 @@ def test_cli(experiment, tmp_path):
         assert len(result.output.strip().splitlines()) == 1 and result.output.startswith("error:")
     result = CliRunner().invoke(app, ["report", str(res), "--primary", "speed"])
     assert result.exit_code == 1 and "unknown primary metric" in result.output
+
+
+def test_the_summary_is_also_one_self_contained_page(report):
+    page = Path(paths.summary_file(report["md_path"].parent, "html")).read_text()
+    assert "<table>" in page and "data:image/png;base64," in page and 'src="figures/' not in page

@@ -38,7 +38,8 @@ def write_report(results: str | os.PathLike, *, out: str | os.PathLike | None = 
                  reference: str | None = None, n_bootstrap: int = 1000, seed: int = 0) -> Path:
     """Write the cross-validated comparison of every run below ``results``; return the markdown's path.
 
-    Writes (atomically) ``summary.md`` (to ``out``, default ``<results>/summary.md``), ``summary.json``
+    Writes (atomically) ``summary.md`` (to ``out``, default ``<results>/summary.md``), the same as one
+    self-contained web page beside it (``summary.html``, figures embedded: :mod:`medcli.report.html`), ``summary.json``
     (``medcli.summary/1``: every number of the markdown, unrounded) and ``summary.csv`` (one row per run × split ×
     metric) beside it, and the figures ``<results>/figures/<dataset>_{strategies,learning_curves,confusion_best}.png``
     (:func:`medcli.paths.summary_figure_file`). Run folders that cannot be used are listed in the report with
@@ -58,6 +59,7 @@ def write_report(results: str | os.PathLike, *, out: str | os.PathLike | None = 
     Raises :class:`MedcliError` when ``results`` is not a folder, holds no usable run folder, or an
     ``experiment.json`` cell is malformed.
     """
+    from .html import render_html
     from .markdown import render_markdown
 
     out = Path(out) if out is not None else Path(paths.summary_file(results))
@@ -65,7 +67,9 @@ def write_report(results: str | os.PathLike, *, out: str | os.PathLike | None = 
                                   n_bootstrap=n_bootstrap, seed=seed)
     write_json(paths.summary_file(out.parent, "json"), summary)
     write_csv(paths.summary_file(out.parent, "csv"), runs)
-    write_text(out, render_markdown(summary))
+    text = render_markdown(summary)
+    write_text(out, text)
+    write_text(out.with_suffix(".html"), render_html(text, out.parent))
     return out
 
 

@@ -26,8 +26,9 @@ rule report:
         gradcam=all_gradcam(),
         galleries=gradcam_galleries,
     output:
-        md=report(SUMMARY, caption="../report/summary.rst", category="Summary", subcategory="all datasets",
-                  labels={"figure": "summary.md: the comparison tables"}),
+        md=SUMMARY,
+        html=report(paths.summary_file(RESULTS, "html"), caption="../report/summary.rst", category="Summary",
+                    subcategory="all datasets", labels={"figure": "the comparison tables (summary.md as a page)"}),
         csv=paths.summary_file(RESULTS, "csv"),
         json=paths.summary_file(RESULTS, "json"),
         # the figures medcli report draws (which ones depends on the data), so a folder; created when empty
