@@ -100,6 +100,7 @@ def check_train(cfgs: Sequence, logs: str | os.PathLike | None = None) -> None:
         runs.append(run)
         outputs += [run, Output(work_dir(cfg), "work folder", "choose a writable folder for resume checkpoints with --work")]
         if cfg.track != "none" and not (cfg.track == "mlflow" and os.environ.get("MLFLOW_TRACKING_URI")):
+            _check_track_dir(cfg, track_dir(cfg))
             outputs.append(Output(track_dir(cfg), "--track-dir", "choose a writable folder with --track-dir, or --track none"))
         splits = splits_file(cfg)
         if not cfg.splits and not os.path.exists(splits):
@@ -115,6 +116,16 @@ def check_train(cfgs: Sequence, logs: str | os.PathLike | None = None) -> None:
             sizes[model] = model_file_bytes(*model)
         if sizes[model] is not None:
             check_room(run._replace(fix="" if run.what == "--out" else "point --out or --results to another disk"), sizes[model], f"the model file ({cfg.backbone}: {sizes[model] / 4e6:.1f} M parameters)")
+
+
+def _check_track_dir(cfg, folder: str) -> None:
+    """The tracking folder must be a folder (or not exist yet) outside the run folder, which training replaces whole."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise MedcliError(f"--track-dir {folder}: is a file, not a folder; choose a folder with --track-dir")
+    run, track = Path(cfg.out).resolve(), Path(folder).resolve()
+    if track == run or run in track.parents:
+        raise MedcliError(f"--track-dir {folder}: inside the run folder {cfg.out}, which training replaces whole; choose a folder "
+                          "outside it (default: logs/tensorboard)")
 
 
 def model_file_bytes(backbone: str, head: str, channels: int, img_size: int | None) -> int | None:

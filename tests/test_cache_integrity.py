@@ -192,3 +192,22 @@ def test_splits_made_meanwhile_by_another_process_are_kept(tmp_path, monkeypatch
     assert splits_fingerprint(got) == splits_fingerprint(theirs) == splits_fingerprint(json.loads(out.read_text()))
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".json") == ["splits.json", "theirs.json"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_cache_made_read_only_or_copied_with_its_times_is_still_used(tmp_path):
+    """chmod (sharing a cache read-only) and cp -a (to a node's local disk) change the files' change time only."""
+    import shutil
+
+    from medcli.data import _cachedir
+
+    folder = tmp_path / "store"
+    folder.mkdir()
+    (folder / "images.npy").write_bytes(b"\0" * 64)
+    recorded = {"images.npy": _cachedir.stamp(folder / "images.npy")}
+    os.chmod(folder / "images.npy", 0o444)
+    assert _cachedir.stamp_problem(folder, recorded) is None
+    shutil.copytree(folder, tmp_path / "copy", copy_function=shutil.copy2)
+    assert _cachedir.stamp_problem(tmp_path / "copy", recorded) is None
+    (folder / "images.npy").chmod(0o644)
+    (folder / "images.npy").write_bytes(b"\1" * 64)  # same size, new contents
+    assert "changed after the cache was built" in _cachedir.stamp_problem(folder, recorded)

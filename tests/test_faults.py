@@ -115,6 +115,11 @@ def test_train_into_a_read_only_folder_is_refused_before_any_data_is_read(tmp_pa
         one_error_line(result, ro / "results", "--results")
         result = CliRunner().invoke(app, [*args, "--track", "tensorboard", "--track-dir", str(ro / "tb")])
         one_error_line(result, ro / "tb", "--track-dir")
+    (tmp_path / "a-file").write_text("x")
+    one_error_line(CliRunner().invoke(app, [*args, "--track", "tensorboard", "--track-dir", str(tmp_path / "a-file")]), "a-file",
+                   "is a file, not a folder")
+    one_error_line(CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run"), "--track", "mlflow", "--track-dir",
+                                            str(tmp_path / "run" / "mlruns")]), "inside the run folder")
     assert "epoch" not in line
     assert not cache.exists() and not (tmp_path / "results").exists()  # no scan, no image store, no splits: no work
 

@@ -171,3 +171,41 @@ def test_the_workflow_refuses_a_tracker_whose_package_is_missing_before_any_job(
         wf.tracking_env({"track": "mlflow"}, "logs")
     assert str(err.value) == "config: track: mlflow: the mlflow package is not installed; pip install 'medcli[mlflow]' (or track: none)"
     assert wf.tracking_env({}, "L") == {"MEDCLI_TRACK": "tensorboard", "MEDCLI_TRACK_DIR": "L/tensorboard"}
+
+
+_KILLED_AFTER_EPOCH_2 = """
+import os, signal, sys
+from medcli.training import TrainConfig, train
+from medcli.training import loop
+real = loop.save_checkpoint
+def save_then_die(path, cfg, epoch, *args, **kwargs):
+    real(path, cfg, epoch, *args, **kwargs)
+    if epoch == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+loop.save_checkpoint = save_then_die
+train(TrainConfig(**eval(sys.argv[1])))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("track", ["tensorboard", pytest.param("mlflow", marks=pytest.mark.skipif(importlib.util.find_spec("mlflow") is None,
+                                                                                                  reason="mlflow is not installed"))])
+def test_a_run_killed_and_resumed_shows_each_epoch_once(data, tmp_path, monkeypatch, track):
+    """kill -9 after epoch 2's checkpoint, then the same settings again: one tracked run, epochs 1-4 once each."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = tmp_path / "track"
+    cfg = _cfg(data, tmp_path, track=track, track_dir=str(store), epochs=4, checkpoint_every=0.0)
+    settings = {k: v for k, v in cfg.to_dict().items() if v is not None}
+    proc = subprocess.run([sys.executable, "-c", _KILLED_AFTER_EPOCH_2, repr(settings)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    train(cfg)
+    if track == "tensorboard":  # the killed run's event file holds epochs 1-2 (and 3, unless it died first)
+        steps = [e.step for e in _events(store / "d" / "customcnn__scratch" / "seed-0" / "fold-0").Scalars("val/loss")]
+        assert steps == [1, 2, 3, 4]
+        return
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=store.as_uri())
+    runs = client.search_runs([client.get_experiment_by_name("medcli/d").experiment_id])
+    assert [r.info.status for r in runs] == ["FINISHED"]  # the killed run, left RUNNING, is gone
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val/loss")] == [1, 2, 3, 4]

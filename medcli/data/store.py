@@ -8,7 +8,7 @@ Concurrent builders (parallel jobs on one node) are safe: each builds in a priva
 first to finish renames it into place.
 
 Files: ``<cache>/store/<key>/images.npy`` (N x H x W x C, uint8, C in {1, 3}) and ``meta.json`` (written last;
-it records the size, modification and change times of ``images.npy``). A store is checked when opened: one whose
+it records the size and modification time of ``images.npy``). A store is checked when opened: one whose
 ``images.npy`` no longer has those (written to since it was built), whose ``meta.json`` is missing or unreadable,
 or that an older medcli built, is rebuilt in place, never used. The check costs a ``stat``, not a read of the
 images; it does not see a change that leaves size and both times alone (bit rot below the file system).

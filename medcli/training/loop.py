@@ -348,8 +348,8 @@ def train(cfg: TrainConfig) -> dict:
 
     from .tracking import start as start_tracking
 
-    run.tracking = start_tracking(accelerator, cfg, history[:start])
     try:
+        run.tracking = start_tracking(accelerator, cfg, history[:start])
         t_start = time.perf_counter()
         stopped_early = _fit(run, feed, stopper, history, start, state)
         val_logits = _best_predictions(run, feed, stopper)
@@ -363,7 +363,7 @@ def train(cfg: TrainConfig) -> dict:
         raise
     if run.tracking is not None:
         best = history[stopper.best_epoch]
-        run.tracking.finish({history_column(cfg.monitor): best[history_column(cfg.monitor)], "epoch": best["epoch"]})
+        run.tracking.finish({history_column(cfg.monitor): best[history_column(cfg.monitor)], "epoch": best["epoch"]}, len(history))
     log.info("best epoch %d (%s %.4f); outputs in %s", stopper.best_epoch + 1, cfg.monitor, stopper.best_score, cfg.out)
     return summary
 

@@ -57,8 +57,9 @@ TAGS = ("dataset", "backbone", "strategy", "seed", "fold", "recipe")
 class Tracker:
     """One tracking backend. ``module``: the import that must work; ``install``: what to ``pip install`` when it
     is missing; ``default_dir``: the folder used when ``--track-dir`` is not given; ``make(cfg, folder)``:
-    Accelerate's tracker for the run of ``cfg``; ``settings(tracker, hparams)`` and ``result(tracker, hparams,
-    metrics)`` record the run's settings at its start and its best scores at its end."""
+    Accelerate's tracker for the run of ``cfg``; ``prepare(cfg)`` clears what an earlier training of the run left,
+    before the tracker starts; ``settings(tracker, hparams)`` and ``result(tracker, hparams, metrics, step)``
+    record the run's settings at its start and its best scores at its end (at step ``step``, the last epoch)."""
 
     module: str
     install: str
@@ -66,6 +67,7 @@ class Tracker:
     make: Callable
     settings: Callable
     result: Callable
+    prepare: Callable = lambda cfg: None
 
 
 _TRACKERS: Registry[Tracker] = Registry("tracker")
@@ -131,10 +133,11 @@ class Tracking:
         values = {name: float(row[column]) for column, name in EPOCH_METRICS.items() if isinstance(row.get(column), (int, float))}
         self.accelerator.log(values, step=int(row["epoch"]))
 
-    def finish(self, best: dict) -> None:
-        """``best``: ``{history column: value}`` of the selected epoch plus ``epoch``; logged as ``best/<name>``."""
+    def finish(self, best: dict, last_epoch: int) -> None:
+        """``best``: ``{history column: value}`` of the selected epoch plus ``epoch``; logged as ``best/<name>`` at
+        step ``last_epoch``."""
         if self.accelerator.is_main_process:
-            self.kind.result(self._tracker(), self.hparams, {f"best/{k}": float(v) for k, v in best.items()})
+            self.kind.result(self._tracker(), self.hparams, {f"best/{k}": float(v) for k, v in best.items()}, last_epoch)
         self._close()
 
     def fail(self, status: str = "FAILED") -> None:
@@ -159,16 +162,18 @@ class Tracking:
 
 def start(accelerator, cfg, restored: list[dict]) -> Tracking | None:
     """Start the run's trackers (main process), record its settings, and log ``restored`` (the history rows of a
-    resumed run, so the tracked run shows every epoch). A fresh TensorBoard run first removes the event files of
-    an earlier training of the same run folder, so each run name shows one model. ``None`` for ``--track none``."""
+    resumed run, so the tracked run shows every epoch once). What an earlier training of the same run folder left
+    goes first (``Tracker.prepare``): TensorBoard's event files (a killed run's included, whose epochs ``restored``
+    replays), MLflow runs of the same name that never finished; so each run name shows one model.
+    ``None`` for ``--track none``."""
     if cfg.track == NONE:
         return None
     hparams = settings_of(cfg)
     if accelerator.is_main_process:
-        if cfg.track == "tensorboard" and not restored:
-            shutil.rmtree(Path(track_dir(cfg)) / run_name(cfg), ignore_errors=True)
+        kind = _TRACKERS.get(cfg.track)
+        kind.prepare(cfg)
         accelerator.init_trackers(f"medcli/{cfg.dataset_name}")
-        _TRACKERS.get(cfg.track).settings(accelerator.trackers[0], hparams)
+        kind.settings(accelerator.trackers[0], hparams)
         log.info("tracking with %s in %s (run %s)", cfg.track, _where(cfg), run_name(cfg))
     tracking = Tracking(accelerator, cfg, hparams)
     for row in restored:
@@ -213,11 +218,14 @@ def _tensorboard_settings(tracker, hparams: dict) -> None:
     tracker.writer.flush()
 
 
-def _tensorboard_result(tracker, hparams: dict, metrics: dict) -> None:
-    # run_name=".": the HParams entry goes into the run's own folder instead of a new timestamped run
-    tracker.writer.add_hparams(hparams, metrics, run_name=".")
-    for name, value in metrics.items():
-        tracker.writer.add_scalar(name, value)
+def _tensorboard_prepare(cfg) -> None:
+    shutil.rmtree(Path(track_dir(cfg)) / run_name(cfg), ignore_errors=True)
+
+
+def _tensorboard_result(tracker, hparams: dict, metrics: dict, step: int) -> None:
+    # run_name=".": the HParams entry (and its metrics, as scalars) goes into the run's own folder instead of a new
+    # timestamped run; at the last epoch's step, so the run's steps stay in order
+    tracker.writer.add_hparams(hparams, metrics, run_name=".", global_step=step)
     tracker.writer.flush()
 
 
@@ -228,8 +236,8 @@ def _mlflow(cfg, folder: str):
     from accelerate.tracking import MLflowTracker
 
     if not os.environ.get("MLFLOW_TRACKING_URI"):
-        # MLflow 3 keeps a local file store only when asked: one folder per run, safe for many jobs writing at once
-        # on a shared file system (its default, a SQLite file, is not).
+        # MLflow 3 keeps a local file store only when asked: one folder per run, which many jobs can write at once
+        # on a shared file system (its default, a SQLite file, cannot).
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         import mlflow
 
@@ -241,11 +249,33 @@ def _mlflow_settings(tracker, hparams: dict) -> None:
     tracker.store_init_configuration(hparams)
 
 
-def _mlflow_result(tracker, hparams: dict, metrics: dict) -> None:
-    tracker.log(metrics)
+def _mlflow_prepare(cfg) -> None:
+    """The experiment made once (Accelerate's tracker looks it up, then creates it: two jobs starting together
+    would both try), and runs of this run's name that never finished (killed) deleted: a resumed run replays
+    their epochs."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.tracking.MlflowClient()
+    name = f"medcli/{cfg.dataset_name}"
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            client.create_experiment(name)
+        except MlflowException:  # made meanwhile by another job
+            pass
+        experiment = client.get_experiment_by_name(name)
+    for run in client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{run_name(cfg)}' and "
+                                  "attributes.status = 'RUNNING'"):
+        client.delete_run(run.info.run_id)
+
+
+def _mlflow_result(tracker, hparams: dict, metrics: dict, step: int) -> None:
+    tracker.log(metrics, step=step)
 
 
 register_tracker("tensorboard", Tracker(module="tensorboard", install="tensorboard", default_dir=paths.tensorboard_dir(paths.DEFAULT_LOGS),
-                                        make=_tensorboard, settings=_tensorboard_settings, result=_tensorboard_result))
+                                        make=_tensorboard, settings=_tensorboard_settings, result=_tensorboard_result,
+                                        prepare=_tensorboard_prepare))
 register_tracker("mlflow", Tracker(module="mlflow", install="'medcli[mlflow]'", default_dir=paths.DEFAULT_MLFLOW_STORE, make=_mlflow, settings=_mlflow_settings,
-                                   result=_mlflow_result))
+                                   result=_mlflow_result, prepare=_mlflow_prepare))
