@@ -257,10 +257,10 @@ class StaleOutputError(MedcliError):
 def check_derived(run_doc: dict, derived: dict, path: str | os.PathLike, fix: str) -> None:
     """Refuse an output derived from a run's model (``derived``: a metrics document, a Grad-CAM index) that
     another model of the run folder wrote: its ``run_id`` must be the run's (``run_doc``: ``config.json``).
-    Runs written before ``run_id`` existed are not checked. ``fix``: the command that writes it again.
+    Runs written before ``run_id`` existed (neither file has one) are not checked; one without the other is refused. ``fix``: the command that writes it again.
     Raises :class:`StaleOutputError` (a :class:`MedcliError`) naming ``path`` and ``fix``."""
     mine = run_doc.get("run_id")
-    if mine is not None and derived.get("run_id") != mine:
+    if (mine is not None or derived.get("run_id") is not None) and derived.get("run_id") != mine:
         raise StaleOutputError(f"{path}: written for another model than the run's model.pt (run_id {derived.get('run_id')} vs "
                           f"{mine}); {fix}")
 

@@ -406,13 +406,13 @@ def tracking_env(config: dict, logs: str) -> dict[str, str]:
     """``{"MEDCLI_TRACK": tracker, "MEDCLI_TRACK_DIR": folder}`` for the config's ``track:`` key (default
     ``tensorboard``), which every training job inherits (:func:`medcli.training.config.settings_from_env`).
     TensorBoard writes under ``<logs>/tensorboard``; MLflow uses ``$MLFLOW_TRACKING_URI`` when set, else the local
-    store ``mlruns``. Raises :class:`MedcliError` when the tracker's package is not installed, before any job runs."""
+    store ``mlruns``; a ``MEDCLI_TRACK_DIR`` the user set wins over both folders. Raises :class:`MedcliError` when the tracker's package is not installed, before any job runs."""
     from .training.tracking import check_available
 
     track = config.get("track", "tensorboard")
     check_available(track, "config: track:", "track: none")
     folder = paths.DEFAULT_MLFLOW_STORE if track == "mlflow" else paths.tensorboard_dir(logs)
-    return {"MEDCLI_TRACK": track, "MEDCLI_TRACK_DIR": folder}
+    return {"MEDCLI_TRACK": track, "MEDCLI_TRACK_DIR": os.environ.get("MEDCLI_TRACK_DIR") or folder}
 
 
 def plan_batches(grid: Grid, per_job: int) -> list[Batch]:

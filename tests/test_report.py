@@ -13,6 +13,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+
+from medcli.errors import MedcliError
 import re
 from pathlib import Path
 
@@ -456,3 +458,9 @@ def test_cli(experiment, tmp_path):
 def test_the_summary_is_also_one_self_contained_page(report):
     page = Path(paths.summary_file(report["md_path"].parent, "html")).read_text()
     assert "<table>" in page and "data:image/png;base64," in page and 'src="figures/' not in page
+
+
+def test_an_html_out_is_refused_rather_than_overwritten_by_the_page(experiment, tmp_path):
+    res, _ = experiment
+    with pytest.raises(MedcliError, match=r"--out .*report.html: give the Markdown file \(e.g. .*report.md\)"):
+        write_report(res, out=tmp_path / "report.html")

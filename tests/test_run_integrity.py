@@ -130,6 +130,13 @@ def test_outputs_of_another_model_are_refused_by_report_gradcam_and_model_card(t
     runs.write_metrics(paths.metrics_file(mine, "test"), {**stale, "run_id": runs.open_run(mine).run_id})
     usable, _ = collect_runs(results)
     assert len(usable) == 1 and usable[0].test_metrics["accuracy"] == 0.99
+    # a config.json whose run_id was removed does not make another model's outputs acceptable
+    runs.write_metrics(paths.metrics_file(mine, "test"), stale)
+    doc = json.loads((mine / "config.json").read_text())
+    del doc["run_id"]
+    (mine / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(MedcliError, match="test.json: written for another model"):
+        runs.check_derived(doc, stale, paths.metrics_file(mine, "test"), "re-run `medcli eval`")
 
 
 # --- paths and caches ------------------------------------------------------------------------------------------

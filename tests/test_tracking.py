@@ -170,6 +170,7 @@ def test_the_workflow_refuses_a_tracker_whose_package_is_missing_before_any_job(
     with pytest.raises(MedcliError) as err:
         wf.tracking_env({"track": "mlflow"}, "logs")
     assert str(err.value) == "config: track: mlflow: the mlflow package is not installed; pip install 'medcli[mlflow]' (or track: none)"
+    monkeypatch.delenv("MEDCLI_TRACK_DIR", raising=False)
     assert wf.tracking_env({}, "L") == {"MEDCLI_TRACK": "tensorboard", "MEDCLI_TRACK_DIR": "L/tensorboard"}
 
 
@@ -209,3 +210,22 @@ def test_a_run_killed_and_resumed_shows_each_epoch_once(data, tmp_path, monkeypa
     runs = client.search_runs([client.get_experiment_by_name("medcli/d").experiment_id])
     assert [r.info.status for r in runs] == ["FINISHED"]  # the killed run, left RUNNING, is gone
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val/loss")] == [1, 2, 3, 4]
+
+
+def test_a_tracking_server_that_does_not_answer_is_refused_at_once(monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    with pytest.raises(MedcliError, match=rf"--track mlflow: MLFLOW_TRACKING_URI http://127.0.0.1:{port} does not answer .*unset "
+                                          "MLFLOW_TRACKING_URI for the local store ./mlruns, or --track none"):
+        tracking.check_available("mlflow")
+
+
+def test_the_workflow_keeps_a_tracking_folder_the_user_set(monkeypatch):
+    from medcli import workflow as wf
+
+    monkeypatch.setenv("MEDCLI_TRACK_DIR", "/scratch/tb")
+    assert wf.tracking_env({"track": "tensorboard"}, "logs")["MEDCLI_TRACK_DIR"] == "/scratch/tb"

@@ -251,3 +251,11 @@ def test_the_owner_note_names_this_process_and_its_lock_files(tmp_path):
     assert owner["started"] == pytest.approx(psutil.Process().create_time())
     assert wf.clear_stale_lock(locks) is None  # its owner runs
     assert wf.note_lock_owner([], locks) is None
+
+
+def test_a_seed_given_twice_is_one_line():
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["seeds"] = [0, 0]
+    with pytest.raises(MedcliError) as err:
+        wf.check_config(config, check_inputs=False)
+    assert str(err.value).splitlines()[0].startswith("config: seeds:")

@@ -63,6 +63,8 @@ def write_report(results: str | os.PathLike, *, out: str | os.PathLike | None = 
     from .markdown import render_markdown
 
     out = Path(out) if out is not None else Path(paths.summary_file(results))
+    if out.suffix.lower() == ".html":
+        raise MedcliError(f"--out {out}: give the Markdown file (e.g. {out.with_suffix('.md')}); the HTML page is written beside it")
     summary, runs = build_summary(results, link_base=out.parent, primary=primary, reference=reference,
                                   n_bootstrap=n_bootstrap, seed=seed)
     write_json(paths.summary_file(out.parent, "json"), summary)

@@ -180,7 +180,7 @@ class TrainConfig:
                                   default_text="the CPUs available")
     progress: bool = setting(True, "A progress bar on a terminal.", RUN, workflow="job", in_key=False)
     track: str = setting("none", "Track the run's epochs, settings and best scores: tensorboard (event files, local) or mlflow "
-                         "(one run per cell, tagged dataset, backbone, strategy, seed, fold; pip install 'medcli[mlflow]').", RUN,
+                         "(one run per cell, tagged dataset, backbone, strategy, seed, fold; needs the mlflow extra of medcli).", RUN,
                          workflow="job", choices=tracker_names(), in_key=False, env="MEDCLI_TRACK")
     track_dir: str | None = setting(None, "Where tracking writes: TensorBoard's log folder, or MLflow's local store.", RUN,
                                     workflow="job", in_key=False, env="MEDCLI_TRACK_DIR",

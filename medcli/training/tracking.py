@@ -101,6 +101,24 @@ def check_available(name: str, option: str = "--track", off: str = "--track none
     tracker = _TRACKERS.get(name)
     if importlib.util.find_spec(tracker.module) is None:
         raise MedcliError(f"{option} {name}: the {tracker.module} package is not installed; pip install {tracker.install} (or {off})")
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "") if name == "mlflow" else ""
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri, f"{option} {name}", off)
+
+
+def _check_server(uri: str, what: str, off: str, timeout: float = 5.0) -> None:
+    """Refuse a tracking server that does not answer a connection within ``timeout`` seconds: MLflow's client
+    would retry for minutes before the first epoch."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        raise MedcliError(f"{what}: MLFLOW_TRACKING_URI {uri} does not answer ({exc}); start the server, unset MLFLOW_TRACKING_URI for "
+                          f"the local store ./mlruns, or {off}") from None
 
 
 def track_dir(cfg) -> str:
