@@ -82,20 +82,21 @@ def check_train(cfgs: Sequence, logs: str | os.PathLike | None = None) -> None:
       model built on PyTorch's ``meta`` device: no memory, no weights read). Resume checkpoints are larger but
       written only for runs longer than ``--checkpoint-every``, so their room is not required up front.
 
-    Settings that do not resolve are left to training, which reports them. Raises :class:`MedcliError`.
+    A cell whose settings do not resolve is left to training, which reports it; the other cells are checked.
+    Raises :class:`MedcliError`.
     """
     from .training.cells import _resolved
     from .training.config import splits_file, work_dir
     from .training.tracking import track_dir
 
-    resolved = []
+    pairs = []
     for cfg in cfgs:
         try:
-            resolved.append(_resolved(cfg))
+            pairs.append((cfg, _resolved(cfg)))
         except MedcliError:
-            return  # training reports the settings error itself, in its own words
-    outputs, runs = [], []
-    for given, cfg in zip(cfgs, resolved):
+            continue  # training reports that cell's settings error itself, in its own words; the others are checked
+    outputs, runs, resolved = [], [], [r for _, r in pairs]
+    for given, cfg in pairs:
         run = Output(cfg.out, "--out", "") if given.out else Output(cfg.out, "run folder", "choose a writable folder with --out or --results")
         runs.append(run)
         outputs += [run, Output(work_dir(cfg), "work folder", "choose a writable folder for resume checkpoints with --work")]

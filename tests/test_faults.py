@@ -131,7 +131,8 @@ def test_several_cells_are_refused_before_any_cell_trains(tmp_path, data):
     common = dict(data=str(data), backbone="customcnn", strategy="scratch", epochs=1, img_size=32, channels=1,
                   cache_dir=str(tmp_path / "cache"), results=str(tmp_path / "results"), work=str(tmp_path / "work"))
     with read_only(tmp_path / "ro") as ro:
-        cells.write_text(yaml.safe_dump([{**common, "seed": 0}, {**common, "seed": 1, "out": str(ro / "run")}]))
+        cells.write_text(yaml.safe_dump([{**common, "seed": 0}, {**common, "seed": 2, "weights": str(tmp_path / "missing.pt")},
+                                         {**common, "seed": 1, "out": str(ro / "run")}]))
         one_error_line(CliRunner().invoke(app, ["train", "--cells", str(cells)]), ro / "run")
     assert not (tmp_path / "results").exists()  # the first cell did not train either
 

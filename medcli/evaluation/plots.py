@@ -301,7 +301,7 @@ def plot_learning_curves(history: pd.DataFrame, path: str | os.PathLike, *, moni
         h = h.iloc[order].reset_index(drop=True)
         x, xlabel = epoch.to_numpy(dtype=np.float64)[order], "epoch"
     marker = "o" if len(h) <= 60 else None
-    colors = _palette(len(_ACCURACY_COLUMNS))
+    colors = [_palette(6)[k] for k in (0, 1, 2, 4)]  # blue, orange, green, pink: the palette's 4th (vermillion) reads as orange
 
     with _figure(path, 1, 2, figsize=(11.0, 5.0), sharex=True) as (fig, (ax_loss, ax_acc)):
         for ax, columns, ylabel, title_ in ((ax_loss, _LOSS_COLUMNS, "cross-entropy loss", "Loss (lower is better)"),
