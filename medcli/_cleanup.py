@@ -6,10 +6,13 @@ leftover from a write in progress:
 
 * ``.<name>.tmp-<pid>`` / ``.<name>.tmp-<pid>.<anything>``: a temporary file or folder (:func:`medcli._io.atomic_path`
   and :func:`medcli._io.save_torch`, :func:`medcli._io.staging_dir`, the links of :mod:`medcli.training.cells`);
-* ``.<name>.old-<pid>``: a folder renamed aside while a new one is swapped in (:func:`medcli._io.publish_dir`).
+* ``.<name>.old-<pid>``: a folder renamed aside while a new one is swapped in (:func:`medcli._io.publish_dir`);
+* ``.<name>.tmp-<pid>@<host>`` / ``.<name>.bad-<pid>@<host>``: a cache folder being built, or a damaged one being
+  removed (:mod:`medcli.data._cachedir`: caches may be shared by several machines, so their names say which).
 
-:func:`remove_stale_temps` removes those whose process is gone (checked on this machine; a folder is only
-written by one job at a time, which the workflow guarantees for its outputs), and temporaries without a process id
+:func:`remove_stale_temps` removes those whose process is gone (checked on this machine: a name of another host is
+left alone; a run folder is only written by one job at a time, which the workflow guarantees for its outputs), and
+temporaries without a process id
 (``.<name>.<8 characters>.tmp``, from medcli versions before process ids were in the names) once they are older
 than :data:`UNNAMED_MAX_AGE` seconds: no write takes that long.
 """
@@ -20,6 +23,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -28,13 +32,18 @@ log = logging.getLogger("medcli")
 #: Age (seconds) after which a temporary file without a process id in its name is taken as a leftover.
 UNNAMED_MAX_AGE = 3600
 
-_PID_TEMP = re.compile(r"^\..+\.(?:tmp|old)-(?P<pid>\d+)(?:\..*)?$")
+_PID_TEMP = re.compile(r"^\..+\.(?:tmp|old|bad)-(?P<pid>\d+)(?:@(?P<host>[^/]+)|\..*)?$")
 _UNNAMED_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 
 
 def is_temp_name(name: str) -> bool:
     """Whether ``name`` is one of medcli's temporary names (with or without a process id)."""
     return bool(_PID_TEMP.match(name) or _UNNAMED_TEMP.match(name))
+
+
+def host_name() -> str:
+    """This machine's name as temporary names carry it (``@<host>``)."""
+    return socket.gethostname().replace("/", "_")
 
 
 def pid_alive(pid: int) -> bool:
@@ -58,7 +67,7 @@ def is_stale(path: Path, now: float | None = None) -> bool:
     """Whether ``path`` is a temporary file or folder of a write that will never finish (see the module docstring)."""
     m = _PID_TEMP.match(path.name)
     if m:
-        return not pid_alive(int(m["pid"]))
+        return (m["host"] is None or m["host"] == host_name()) and not pid_alive(int(m["pid"]))
     if _UNNAMED_TEMP.match(path.name):
         try:
             age = (time.time() if now is None else now) - path.lstat().st_mtime

@@ -123,6 +123,8 @@ def human_bytes(n: float) -> str:
 
 
 def _is_temporary(name: object) -> bool:
-    """A temporary file of :func:`medcli._io.atomic_path` (``.<name>.<random>.tmp``): the final name says more."""
-    base = _os.path.basename(str(name))
-    return base.startswith(".") and base.endswith(".tmp")
+    """A temporary file of :func:`medcli._io.atomic_path` (:func:`medcli._cleanup.is_temp_name`): the final name
+    says more."""
+    from ._cleanup import is_temp_name
+
+    return is_temp_name(_os.path.basename(str(name)))

@@ -274,3 +274,13 @@ def test_refused_writes_are_one_line(exc, expected):
 def test_other_errors_keep_their_traceback(exc):
     result = CliRunner().invoke(_raising(exc), ["go"])
     assert result.exception is exc
+
+
+def test_a_refused_write_of_a_temporary_file_names_the_final_file(tmp_path):
+    import errno as errno_mod
+
+    from medcli.errors import write_error
+
+    tmp = tmp_path / f".model.pt.tmp-{os.getpid()}.k3j9x2"  # what atomic_path and save_torch write first
+    error = write_error(OSError(errno_mod.EROFS, "Read-only file system", str(tmp)), tmp_path / "model.pt")
+    assert str(error).startswith(f"{tmp_path / 'model.pt'}: cannot write: read-only file system")

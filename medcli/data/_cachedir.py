@@ -3,8 +3,8 @@ checked when opened, replaced when damaged, and never left half-written by a ful
 
 * A folder is built in ``.<key>.tmp-<pid>@<host>`` beside its final name. A builder that died (killed, out of
   memory) leaves that folder behind; :func:`private_dir` removes such folders of dead processes of this host
-  before building (:func:`remove_stale`).
-* :func:`stamp` records a file's size and modification/change times when the folder is published; a cache whose
+  before building (:func:`medcli._cleanup.remove_stale_temps`).
+* :func:`stamp` records a file's size and modification time when the folder is published; a cache whose
   file no longer has its stamp was changed after it was built and is not used (:func:`stamp_problem`).
 * :func:`discard` moves a damaged or incomplete folder out of the way (renamed aside, then removed), so the
   rebuilt one can be published under the same name.
@@ -17,55 +17,27 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import shutil
-import socket
 from pathlib import Path
 
-from .._cleanup import pid_alive
+from .._cleanup import host_name, remove_stale_temps
 from ..errors import MedcliError, free_bytes, human_bytes
 
 log = logging.getLogger("medcli")
 
-_PRIVATE = re.compile(r"^\.(?P<key>.+)\.(?:tmp|bad)-(?P<pid>\d+)(?:@(?P<host>.*))?$")
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-
-
-def _host() -> str:
-    return socket.gethostname().replace("/", "_")
 
 
 def private_dir(final: Path) -> Path:
     """A fresh private sibling of ``final`` to build it in (``.<name>.tmp-<pid>@<host>``), after removing the
-    private folders that dead builders of this host left in ``final``'s parent."""
+    private folders that dead builders of this host left in ``final``'s parent
+    (:func:`medcli._cleanup.remove_stale_temps`; other hosts' are left alone)."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(final.parent)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}@{_host()}"
+    remove_stale_temps(final.parent, recursive=False)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}@{host_name()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     return tmp
-
-
-def remove_stale(parent: Path) -> list[Path]:
-    """Remove ``.<key>.tmp-<pid>[@<host>]`` and ``.<key>.bad-<pid>[@<host>]`` folders in ``parent`` whose process
-    is gone. Only this host's processes can be checked, so folders of other hosts (a cache shared over the
-    network) are left alone; names without a host (written by older medcli) count as this host's. Returns the
-    folders removed."""
-    removed = []
-    try:
-        entries = list(os.scandir(parent))
-    except OSError:
-        return removed
-    here = _host()
-    for entry in entries:
-        m = _PRIVATE.match(entry.name)
-        if not m or (m["host"] is not None and m["host"] != here) or pid_alive(int(m["pid"])):
-            continue
-        shutil.rmtree(entry.path, ignore_errors=True)
-        if not os.path.exists(entry.path):
-            removed.append(Path(entry.path))
-            log.info("removed %s, left behind by a process that no longer runs", entry.path)
-    return removed
 
 
 def stamp(path: Path) -> dict:
@@ -95,7 +67,7 @@ def stamp_problem(folder: Path, recorded: dict | None) -> str | None:
 def discard(final: Path) -> None:
     """Move the damaged or incomplete folder ``final`` aside and remove it (a reader that has its files open
     keeps reading them); nothing happens when another process removed it first."""
-    aside = final.parent / f".{final.name}.bad-{os.getpid()}@{_host()}"
+    aside = final.parent / f".{final.name}.bad-{os.getpid()}@{host_name()}"
     try:
         os.rename(final, aside)
     except FileNotFoundError:
