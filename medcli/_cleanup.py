@@ -77,10 +77,10 @@ def is_stale(path: Path, now: float | None = None) -> bool:
     return False
 
 
-def remove_stale_temps(folder: str | os.PathLike, *, recursive: bool = True) -> list[Path]:
+def remove_stale_temps(folder: str | os.PathLike, *, recursive: bool = True, prefix: str = "") -> list[Path]:
     """Remove the stale temporary files and folders directly in ``folder`` (and, with ``recursive``, in its
-    sub-folders); returns what was removed. A missing ``folder`` is nothing to clean. Never raises for a file that
-    another process removes at the same time."""
+    sub-folders) whose names start with ``prefix``; returns what was removed. A missing ``folder`` is nothing to
+    clean. Never raises for a file that another process removes at the same time."""
     folder = Path(folder)
     removed: list[Path] = []
     try:
@@ -88,6 +88,8 @@ def remove_stale_temps(folder: str | os.PathLike, *, recursive: bool = True) -> 
     except (FileNotFoundError, NotADirectoryError, PermissionError):
         return removed
     for entry in entries:
+        if not entry.name.startswith(prefix):
+            continue
         if is_stale(entry):
             try:
                 if entry.is_dir() and not entry.is_symlink():

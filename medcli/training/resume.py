@@ -96,11 +96,11 @@ def prepare_folders(cfg: TrainConfig, checkpoint: str) -> None:
     """Before a run trains: refuse an ``--out`` folder that holds files a run folder does not (training replaces
     it whole at the end, :func:`medcli.runs.check_replaceable`), and, in the main process, remove the temporary
     files of interrupted writes by processes that are gone (:func:`medcli._cleanup.remove_stale_temps`) from the
-    checkpoint's folder, the run folder and the run folder's own staging names beside it."""
-    import shutil
+    checkpoint's folder, the run folder and the run folder's own staging names beside it (only its own: the
+    folder beside it may hold other runs that jobs on other machines are writing)."""
     from pathlib import Path
 
-    from .._cleanup import is_stale, remove_stale_temps
+    from .._cleanup import remove_stale_temps
     from ..runs import check_replaceable
 
     if cfg.out is not None:
@@ -111,18 +111,8 @@ def prepare_folders(cfg: TrainConfig, checkpoint: str) -> None:
     if cfg.out is None:  # an unresolved cfg (its run folder not known yet)
         return
     remove_stale_temps(cfg.out)
-    out = Path(cfg.out).absolute()
-    try:
-        siblings = [e for e in out.parent.iterdir() if e.name.startswith(f".{out.name}.")]
-    except OSError:
-        siblings = []
-    for entry in siblings:  # a staging folder (`.<run>.tmp-<pid>`) or an old folder set aside (`.<run>.old-<pid>`)
-        if is_stale(entry):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-            log.info("removed %s, left by an interrupted training", entry)
+    out = Path(cfg.out).absolute()  # a staging folder (`.<run>.tmp-<pid>`) or an old folder set aside (`.<run>.old-<pid>`)
+    remove_stale_temps(out.parent, recursive=False, prefix=f".{out.name}.")
 
 
 def head_part(state: dict | None) -> dict | None:
