@@ -685,25 +685,20 @@ def _process_started(pid: int) -> float | None:
         return -1.0  # alive, start unknown
 
 
-def _host() -> str:
-    import socket
-
-    return socket.gethostname()
-
-
 def note_lock_owner(lock_files, locks: str | os.PathLike = SNAKEMAKE_LOCKS) -> Path | None:
     """Record that this process holds ``lock_files`` (the lock files Snakemake just wrote for it): host, pid and
     the process's start time, in ``<locks>/medcli-owner-<host>-<pid>.json``. Called from the workflow's ``onstart``
     hook (main process, lock held). Nothing is written without lock files. Snakemake deletes the folder, and so the
     note, when it unlocks. Returns the note's path."""
+    from ._cleanup import host_name
     from ._io import write_json
 
     names = sorted(Path(f).name for f in lock_files)
     if not names:
         return None
     pid = os.getpid()
-    note = Path(locks, f"{_OWNER_PREFIX}{_host()}-{pid}.json")
-    write_json(note, {"host": _host(), "pid": pid, "started": _process_started(pid), "locks": names})
+    note = Path(locks, f"{_OWNER_PREFIX}{host_name()}-{pid}.json")
+    write_json(note, {"host": host_name(), "pid": pid, "started": _process_started(pid), "locks": names})
     return note
 
 
@@ -717,6 +712,8 @@ def clear_stale_lock(locks: str | os.PathLike = SNAKEMAKE_LOCKS) -> str | None:
     """
     import json
     import re
+
+    from ._cleanup import host_name
 
     locks = Path(locks)
     if not locks.is_dir():
@@ -732,7 +729,7 @@ def clear_stale_lock(locks: str | os.PathLike = SNAKEMAKE_LOCKS) -> str | None:
             host, pid, started, names = owner["host"], int(owner["pid"]), owner["started"], owner["locks"]
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if host != _host():
+        if host != host_name():
             return None
         now = _process_started(pid)
         if now is not None and (started is None or now < 0 or abs(now - float(started)) < 1.0):
