@@ -85,14 +85,13 @@ def check_train(cfgs: Sequence, logs: str | os.PathLike | None = None) -> None:
     A cell whose settings do not resolve is left to training, which reports it; the other cells are checked.
     Raises :class:`MedcliError`.
     """
-    from .training.cells import _resolved
-    from .training.config import splits_file, work_dir
+    from .training.config import resolve_quietly, splits_file, work_dir
     from .training.tracking import track_dir
 
     pairs = []
     for cfg in cfgs:
         try:
-            pairs.append((cfg, _resolved(cfg)))
+            pairs.append((cfg, resolve_quietly(cfg)))
         except MedcliError:
             continue  # training reports that cell's settings error itself, in its own words; the others are checked
     outputs, runs, resolved = [], [], [r for _, r in pairs]

@@ -31,7 +31,7 @@ from .. import paths
 from .._io import read_json, write_json
 from ..errors import MedcliError
 from ..progress import plain_formatter
-from .config import TrainConfig, resolve, splits_file, work_dir
+from .config import TrainConfig, resolve_quietly, splits_file, work_dir
 
 log = logging.getLogger("medcli")
 
@@ -77,7 +77,7 @@ def train_cells(cells: Sequence[TrainConfig], *, at_once: int = 1, logs: str | o
         raise MedcliError(f"--cells-at-once {at_once}: must be at least 1")
     if at_once > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise MedcliError("--cells-at-once: several cells at once cannot be combined with a multi-process (torchrun) launch; use one or the other")
-    resolved = [_resolved(cfg) for cfg in cells]  # settings errors now, before any cell trains
+    resolved = [resolve_quietly(cfg) for cfg in cells]  # settings errors now, before any cell trains
     _check_distinct(resolved)
     _check_folds(resolved)
     logs = None if logs is None else str(logs)
@@ -98,7 +98,7 @@ def train_cell(cfg: TrainConfig, *, logs: str | None = None, tag: str = "") -> C
 
     t0 = time.perf_counter()
     try:
-        where = _resolved(cfg)  # the run folder and work folder of the cell (train() resolves cfg itself)
+        where = resolve_quietly(cfg)  # the run folder and work folder of the cell (train() resolves cfg itself)
     except MedcliError as exc:  # train_cells resolved every cell already; a caller of train_cell alone may not have
         log.error("%s%s", tag, exc)
         return CellResult(str(cfg.out), "failed", 0.0, error=str(exc))
@@ -252,16 +252,6 @@ def _quiet(cfg: TrainConfig) -> TrainConfig:
 
 
 # --- helpers ------------------------------------------------------------------------------------------------------
-
-
-def _resolved(cfg: TrainConfig) -> TrainConfig:
-    """``resolve(cfg)`` without its warnings (training resolves the cell again and warns once)."""
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        return resolve(cfg)
-    finally:
-        log.setLevel(level)
 
 
 def _check_distinct(cells: list[TrainConfig]) -> None:

@@ -479,6 +479,20 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     return replace(cfg, dataset_name=name, weights=weights, img_size=img_size, out=str(out), augment=augment)
 
 
+def resolve_quietly(cfg: TrainConfig) -> TrainConfig:
+    """:func:`resolve` without its log warnings, for checks made before training, which resolves the settings again
+    and warns once."""
+    import logging
+
+    log = logging.getLogger("medcli")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        return resolve(cfg)
+    finally:
+        log.setLevel(level)
+
+
 def _check_recipe_applied(cfg: TrainConfig) -> None:
     """Refuse a ``TrainConfig(recipe=NAME)`` built directly in Python: nothing applied the recipe, and which of its
     values were meant to override it is unknown. :func:`from_dict` applies it (and records ``given``)."""
