@@ -86,7 +86,7 @@ def check_train(cfgs: Sequence, logs: str | os.PathLike | None = None) -> None:
     Raises :class:`MedcliError`.
     """
     from .training.config import resolve_quietly, splits_file, work_dir
-    from .training.tracking import track_dir
+    from .training.tracking import local_dir
 
     pairs = []
     for cfg in cfgs:
@@ -99,9 +99,10 @@ def check_train(cfgs: Sequence, logs: str | os.PathLike | None = None) -> None:
         run = Output(cfg.out, "--out", "") if given.out else Output(cfg.out, "run folder", "choose a writable folder with --out or --results")
         runs.append(run)
         outputs += [run, Output(work_dir(cfg), "work folder", "choose a writable folder for resume checkpoints with --work")]
-        if cfg.track != "none" and not (cfg.track == "mlflow" and os.environ.get("MLFLOW_TRACKING_URI")):
-            _check_track_dir(cfg, track_dir(cfg))
-            outputs.append(Output(track_dir(cfg), "--track-dir", "choose a writable folder with --track-dir, or --track none"))
+        tracking = local_dir(cfg)
+        if tracking is not None:
+            _check_track_dir(cfg, tracking)
+            outputs.append(Output(tracking, "--track-dir", "choose a writable folder with --track-dir, or --track none"))
         splits = splits_file(cfg)
         if not cfg.splits and not os.path.exists(splits):
             outputs.append(Output(splits, "splits file", "make the splits elsewhere with `medcli split --out FILE` and train with "

@@ -229,3 +229,19 @@ def test_the_workflow_keeps_a_tracking_folder_the_user_set(monkeypatch):
 
     monkeypatch.setenv("MEDCLI_TRACK_DIR", "/scratch/tb")
     assert wf.tracking_env({"track": "tensorboard"}, "logs")["MEDCLI_TRACK_DIR"] == "/scratch/tb"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="mlflow is not installed (pip install 'medcli[mlflow]')")
+def test_cells_of_one_process_each_write_to_their_own_mlflow_store(data, tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri exports $MLFLOW_TRACKING_URI: a later cell must not take the first cell's store for
+    the user's server."""
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for k in (0, 1):
+        train(_cfg(data, tmp_path, track="mlflow", track_dir=str(tmp_path / f"store{k}"), fold=k, epochs=1))
+    for k in (0, 1):
+        client = mlflow.tracking.MlflowClient(tracking_uri=(tmp_path / f"store{k}").as_uri())
+        runs = client.search_runs([client.get_experiment_by_name("medcli/d").experiment_id])
+        assert [r.info.run_name for r in runs] == [f"d/customcnn__scratch/seed-0/fold-{k}"]
+    assert tracking.local_dir(_cfg(data, tmp_path, track="mlflow", track_dir=str(tmp_path / "store2"))) == str(tmp_path / "store2")

@@ -59,7 +59,11 @@ class Tracker:
     is missing; ``default_dir``: the folder used when ``--track-dir`` is not given; ``make(cfg, folder)``:
     Accelerate's tracker for the run of ``cfg``; ``prepare(cfg)`` clears what an earlier training of the run left,
     before the tracker starts; ``settings(tracker, hparams)`` and ``result(tracker, hparams, metrics, step)``
-    record the run's settings at its start and its best scores at its end (at step ``step``, the last epoch)."""
+    record the run's settings at its start and its best scores at its end (at step ``step``, the last epoch);
+    ``abort(tracker, status)`` closes it when training raised (``FAILED``, or ``KILLED`` on an interrupt);
+    ``remote()`` is where it writes instead of a local folder (a server URI), or None; ``check(what, off)``
+    raises :class:`MedcliError` when that destination cannot work (``what``: the option, ``off``: how to switch
+    tracking off)."""
 
     module: str
     install: str
@@ -68,6 +72,9 @@ class Tracker:
     settings: Callable
     result: Callable
     prepare: Callable = lambda cfg: None
+    abort: Callable = lambda tracker, status: tracker.finish()
+    remote: Callable = lambda: None
+    check: Callable = lambda what, off: None
 
 
 _TRACKERS: Registry[Tracker] = Registry("tracker")
@@ -81,6 +88,11 @@ def register_tracker(name: str, tracker: Tracker) -> Tracker:
 def tracker_names() -> tuple[str, ...]:
     """``none`` and the registered trackers: the choices of ``--track``."""
     return (NONE, *_TRACKERS.names())
+
+
+def experiment_name(cfg) -> str:
+    """``medcli/<dataset>``: the experiment (MLflow) or project (Accelerate) of a run."""
+    return f"medcli/{cfg.dataset_name}"
 
 
 def run_name(cfg) -> str:
@@ -101,17 +113,25 @@ def check_available(name: str, option: str = "--track", off: str = "--track none
     tracker = _TRACKERS.get(name)
     if importlib.util.find_spec(tracker.module) is None:
         raise MedcliError(f"{option} {name}: the {tracker.module} package is not installed; pip install {tracker.install} (or {off})")
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "") if name == "mlflow" else ""
-    if uri.startswith(("http://", "https://")):
-        _check_server(uri, f"{option} {name}", off)
+    tracker.check(f"{option} {name}", off)
+
+
+def local_dir(cfg) -> str | None:
+    """The local folder the run's tracker writes to (:func:`track_dir`); None for ``--track none`` and for a tracker
+    writing to a server (MLflow with the user's ``$MLFLOW_TRACKING_URI``)."""
+    if cfg.track == NONE or _TRACKERS.get(cfg.track).remote():
+        return None
+    return track_dir(cfg)
 
 
 def _check_server(uri: str, what: str, off: str, timeout: float = 5.0) -> None:
-    """Refuse a tracking server that does not answer a connection within ``timeout`` seconds: MLflow's client
-    would retry for minutes before the first epoch."""
+    """Refuse an http(s) tracking server that does not answer a connection within ``timeout`` seconds: MLflow's
+    client would retry for minutes before the first epoch. Other URIs (files, databases) are left to MLflow."""
     import socket
     from urllib.parse import urlsplit
 
+    if not uri.startswith(("http://", "https://")):
+        return
     parts = urlsplit(uri)
     try:
         with socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)), timeout=timeout):
@@ -159,21 +179,14 @@ class Tracking:
         self._close()
 
     def fail(self, status: str = "FAILED") -> None:
-        if not self.open:
-            return
-        self.open = False
-        if self.accelerator.is_main_process and self.cfg.track == "mlflow":
-            import mlflow
+        if self.open:
+            self._close(lambda tracker: self.kind.abort(tracker, status))
 
-            mlflow.end_run(status=status)  # Accelerate's finish() would mark the run FINISHED
-            self.accelerator.trackers.clear()
-        self._close()
-
-    def _close(self) -> None:
-        # the trackers' finish() (main process only), as Accelerator.end_training does, but without destroying the
-        # process group: later cells of a `medcli train --cells` call still use it
+    def _close(self, close=lambda tracker: tracker.finish()) -> None:
+        # each tracker closed (main process only: the others have none), as Accelerator.end_training does, but
+        # without destroying the process group: later cells of a `medcli train --cells` call still use it
         for tracker in self.accelerator.trackers:
-            tracker.finish()
+            close(tracker)
         self.accelerator.trackers.clear()
         self.open = False
 
@@ -190,7 +203,7 @@ def start(accelerator, cfg, restored: list[dict]) -> Tracking | None:
     if accelerator.is_main_process:
         kind = _TRACKERS.get(cfg.track)
         kind.prepare(cfg)
-        accelerator.init_trackers(f"medcli/{cfg.dataset_name}")
+        accelerator.init_trackers(experiment_name(cfg))
         kind.settings(accelerator.trackers[0], hparams)
         log.info("tracking with %s in %s (run %s)", cfg.track, _where(cfg), run_name(cfg))
     tracking = Tracking(accelerator, cfg, hparams)
@@ -216,9 +229,7 @@ def settings_of(cfg) -> dict:
 
 
 def _where(cfg) -> str:
-    if cfg.track == "mlflow" and os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return track_dir(cfg)
+    return _TRACKERS.get(cfg.track).remote() or track_dir(cfg)
 
 
 # --- TensorBoard ---------------------------------------------------------------------------------------------
@@ -250,17 +261,35 @@ def _tensorboard_result(tracker, hparams: dict, metrics: dict, step: int) -> Non
 # --- MLflow ----------------------------------------------------------------------------------------------------
 
 
+_LOCAL_STORES: set[str] = set()  # the local stores medcli set in this process (mlflow.set_tracking_uri exports them)
+
+
+def _mlflow_remote() -> str | None:
+    """The user's ``$MLFLOW_TRACKING_URI``, not a local store an earlier cell of this process set (MLflow's
+    ``set_tracking_uri`` writes the variable too)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return uri if uri and uri not in _LOCAL_STORES else None
+
+
+def _mlflow_check(what: str, off: str) -> None:
+    uri = _mlflow_remote()
+    if uri:
+        _check_server(uri, what, off)
+
+
 def _mlflow(cfg, folder: str):
     from accelerate.tracking import MLflowTracker
 
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
+    if not _mlflow_remote():
         # MLflow 3 keeps a local file store only when asked: one folder per run, which many jobs can write at once
         # on a shared file system (its default, a SQLite file, cannot).
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         import mlflow
 
-        mlflow.set_tracking_uri(Path(folder).resolve().as_uri())
-    return MLflowTracker(experiment_name=f"medcli/{cfg.dataset_name}", run_name=run_name(cfg), tags=tags(cfg))
+        uri = Path(folder).resolve().as_uri()
+        _LOCAL_STORES.add(uri)
+        mlflow.set_tracking_uri(uri)
+    return MLflowTracker(experiment_name=experiment_name(cfg), run_name=run_name(cfg), tags=tags(cfg))
 
 
 def _mlflow_settings(tracker, hparams: dict) -> None:
@@ -275,7 +304,7 @@ def _mlflow_prepare(cfg) -> None:
     from mlflow.exceptions import MlflowException
 
     client = mlflow.tracking.MlflowClient()
-    name = f"medcli/{cfg.dataset_name}"
+    name = experiment_name(cfg)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
@@ -292,8 +321,15 @@ def _mlflow_result(tracker, hparams: dict, metrics: dict, step: int) -> None:
     tracker.log(metrics, step=step)
 
 
+def _mlflow_abort(tracker, status: str) -> None:
+    import mlflow
+
+    mlflow.end_run(status=status)  # Accelerate's finish() would mark the run FINISHED
+
+
 register_tracker("tensorboard", Tracker(module="tensorboard", install="tensorboard", default_dir=paths.tensorboard_dir(paths.DEFAULT_LOGS),
                                         make=_tensorboard, settings=_tensorboard_settings, result=_tensorboard_result,
                                         prepare=_tensorboard_prepare))
 register_tracker("mlflow", Tracker(module="mlflow", install="'medcli[mlflow]'", default_dir=paths.DEFAULT_MLFLOW_STORE, make=_mlflow, settings=_mlflow_settings,
-                                   result=_mlflow_result, prepare=_mlflow_prepare))
+                                   result=_mlflow_result, prepare=_mlflow_prepare, abort=_mlflow_abort, remote=_mlflow_remote,
+                                   check=_mlflow_check))
