@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from .._io import publish_dir, write_json
-from ..errors import MedcliError
+from ..errors import MedcliError, human_bytes
 from ..progress import track_units
 from ._cachedir import NO_SPACE, check_space, discard, no_space, private_dir, reserve, stamp, stamp_problem
 from ._parallel import chunked, default_workers, map_chunks
@@ -206,7 +206,7 @@ def _build(final: Path, samples: Sequence[Sample], settings: StoreSettings, work
     nbytes = int(np.prod(shape))
     tmp = private_dir(final)
     try:
-        check_space(cache_root, nbytes, f"a {_gib(nbytes)} image store")
+        check_space(cache_root, nbytes, f"a {human_bytes(nbytes)} image store")
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
         reserve(tmp / "images.npy", os.path.getsize(tmp / "images.npy"))  # ENOSPC now, not SIGBUS while writing
         n_workers = default_workers() if workers is None else workers
@@ -227,11 +227,8 @@ def _build(final: Path, samples: Sequence[Sample], settings: StoreSettings, work
         publish_dir(tmp, final, "meta.json")  # a concurrent builder that won the race keeps its folder
     except OSError as exc:
         if exc.errno in NO_SPACE:
-            raise no_space(cache_root, f"a {_gib(nbytes)} image store", exc, need=nbytes) from None
+            raise no_space(cache_root, f"a {human_bytes(nbytes)} image store", exc, need=nbytes) from None
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-
-def _gib(nbytes: int) -> str:
-    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"

@@ -47,7 +47,7 @@ import torch
 from .. import paths
 from .._io import publish_dir, write_json
 from ..data._cachedir import NO_SPACE, check_space, discard, no_space, private_dir
-from ..errors import MedcliError
+from ..errors import MedcliError, human_bytes
 from ..preprocess import to_model_input
 
 log = logging.getLogger("medcli")
@@ -277,7 +277,7 @@ def _build(final: Path, parts: dict, model, store, ids: list[str], norm, acceler
     array = features.numpy()
     tmp = private_dir(final)
     cache_root = final.parent.parent
-    what = f"the {array.nbytes / 2**20:.1f} MiB feature cache"
+    what = f"the {human_bytes(array.nbytes)} feature cache"
     try:
         check_space(cache_root, array.nbytes, what)
         np.save(tmp / "features.npy", array)
