@@ -523,7 +523,8 @@ def save_splits(doc: dict, path: str | os.PathLike, *, exclusive: bool = False) 
         write_json(path, doc)
         return True
     path = Path(path)
-    mine = write_json(path.parent / f".{path.name}.{os.getpid()}.new", doc)  # complete before it gets the name
+    # complete before it gets the name; a kill leaves a temporary name the next training removes (medcli._cleanup)
+    mine = write_json(path.parent / f".{path.name}.tmp-{os.getpid()}.new", doc)
     try:
         os.link(mine, path)
     except FileExistsError:
