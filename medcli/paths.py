@@ -81,6 +81,15 @@ def summary_figure_file(results: str | os.PathLike, dataset: str, kind: str) -> 
     return _join(summary_figures_dir(results), f"{dataset}_{kind}.png")
 
 
+def parse_summary_figure(stem: str) -> tuple[str, str | None]:
+    """``(dataset, kind)`` of a summary figure's name without ``.png`` (``demo_learning_curves`` ->
+    ``("demo", "learning_curves")``); ``(stem, None)`` for a name of no known kind."""
+    for kind in SUMMARY_FIGURES:
+        if stem.endswith(f"_{kind}"):
+            return stem[: -len(kind) - 1], kind
+    return stem, None
+
+
 def dataset_name(data: str | os.PathLike) -> str:
     """The name a dataset gets in the results layout: a file's stem (``.csv``/``.npz`` manifests), else the
     folder's name (resolved, so ``.`` gives the current folder's name); ``dataset`` when neither has one."""

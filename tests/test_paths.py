@@ -109,3 +109,11 @@ def test_cache_folders(tmp_path):
     assert paths.scan_cache_file(tmp_path, "abc") == os.path.join(str(tmp_path), "scan", "abc.json")
     assert paths.store_dir(tmp_path, "k1") == os.path.join(str(tmp_path), "store", "k1")
     assert paths.features_dir(tmp_path, "k2") == os.path.join(str(tmp_path), "features", "k2")
+
+
+def test_summary_figure_names_parse_back_to_dataset_and_kind():
+    for dataset in ("demo", "chest_ct", "a_b_strategies"):
+        for kind in paths.SUMMARY_FIGURES:
+            stem = Path(paths.summary_figure_file("results", dataset, kind)).stem
+            assert paths.parse_summary_figure(stem) == (dataset, kind)
+    assert paths.parse_summary_figure("notes") == ("notes", None)

@@ -39,16 +39,13 @@ SUMMARY_FIGURE_NAMES = {
 
 
 def summary_figure_dataset(wildcards):
-    """The dataset of a summary figure `<dataset>_<kind>.png` (kinds: medcli.paths.SUMMARY_FIGURES)."""
-    for kind in paths.SUMMARY_FIGURES:
-        if wildcards.figure.endswith(f"_{kind}"):
-            return wildcards.figure[: -len(kind) - 1]
-    return wildcards.figure
+    """The dataset of a summary figure `<dataset>_<kind>.png` (medcli.paths.parse_summary_figure)."""
+    return paths.parse_summary_figure(wildcards.figure)[0]
 
 
 def summary_figure_labels(wildcards):
     """The report's label of a summary figure (the `{figure}` wildcard of its file name)."""
-    kind = wildcards.figure[len(summary_figure_dataset(wildcards)) + 1 :]
+    kind = paths.parse_summary_figure(wildcards.figure)[1]
     return {"figure": SUMMARY_FIGURE_NAMES.get(kind, wildcards.figure)}
 
 
