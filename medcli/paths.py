@@ -125,6 +125,12 @@ def tensorboard_dir(logs: str | os.PathLike) -> str:
 DEFAULT_MLFLOW_STORE = "mlruns"  # MLflow's local file store when $MLFLOW_TRACKING_URI is not set
 
 
+def cell_log_file(logs: str | os.PathLike, dataset: str, backbone: str, strategy: str, seed: object, fold: object) -> str:
+    """``<logs>/train/<dataset>/<backbone>__<strategy>/seed-<s>/fold-<k>.log``: the log of one training cell
+    (``medcli train --cell-logs``), a declared log of its workflow job."""
+    return log_file(logs, "train", dataset, run_key(backbone, strategy, seed, fold))
+
+
 def benchmark_file(logs: str | os.PathLike, stage: str, dataset: str, name: str = "") -> str:
     return _join(logs, stage, dataset, f"{name or dataset}.benchmark.tsv")
 

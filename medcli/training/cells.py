@@ -54,9 +54,8 @@ class CellResult:
 
 
 def cell_log_file(logs: str | os.PathLike, cfg: TrainConfig) -> str:
-    """``<logs>/train/<dataset>/<run key>.log``: where the workflow keeps the log of one training cell."""
-    return paths.log_file(logs, "train", cfg.dataset_name or paths.dataset_name(cfg.data),
-                          paths.run_key(cfg.backbone, cfg.strategy, cfg.seed, cfg.fold))
+    """``<logs>/train/<dataset>/<run key>.log`` (:func:`medcli.paths.cell_log_file`): the log of one training cell."""
+    return paths.cell_log_file(logs, cfg.dataset_name or paths.dataset_name(cfg.data), cfg.backbone, cfg.strategy, cfg.seed, cfg.fold)
 
 
 def train_cells(cells: Sequence[TrainConfig], *, at_once: int = 1, logs: str | os.PathLike | None = None) -> list[CellResult]:

@@ -107,8 +107,8 @@ def dataset_input(wildcards):
 
 
 def cell_log(cell):
-    """A training cell's own log (medcli.training.cells.cell_log_file writes it)."""
-    return paths.log_file(LOGS, "train", cell.dataset, paths.run_key(cell.backbone, cell.strategy, cell.seed, cell.fold))
+    """A training cell's own log (`medcli train --cell-logs` writes it there)."""
+    return paths.cell_log_file(LOGS, cell.dataset, cell.backbone, cell.strategy, cell.seed, cell.fold)
 
 
 # One process, or one per GPU (data parallel). torchrun --standalone rendezvouses on a free local port, so
