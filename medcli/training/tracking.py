@@ -147,11 +147,11 @@ def track_dir(cfg) -> str:
 
 
 def make_trackers(cfg) -> list:
-    """Accelerate trackers (``accelerate.tracking.GeneralTracker``) for the run of ``cfg`` (resolved: dataset name
-    known); ``[]`` for ``--track none``. Raises :class:`MedcliError` when the tracker's package is missing."""
+    """Accelerate trackers (``accelerate.tracking.GeneralTracker``) for the run of ``cfg``; ``[]`` for ``--track
+    none``. ``cfg`` is resolved (:func:`medcli.training.config.resolve`: dataset name known, and the tracker checked
+    by :func:`check_available`)."""
     if cfg.track == NONE:
         return []
-    check_available(cfg.track)
     return [_TRACKERS.get(cfg.track).make(cfg, track_dir(cfg))]
 
 
